@@ -1,0 +1,55 @@
+"""What every command shares: the --workspace option, JSON output, the error console."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from storage.workspace import WORKSPACE_ENV, Workspace
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def workspace_option(func: F) -> F:
+    """Add `--workspace DIR` (default: $PLMLABEL_WORKSPACE, else the current folder)."""
+    return click.option(
+        "--workspace",
+        "-w",
+        "workspace",
+        type=click.Path(file_okay=False),
+        default=None,
+        envvar=WORKSPACE_ENV,
+        show_envvar=True,
+        help="Workspace folder (default: the current folder).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(func)
+
+
+def open_workspace(path: str | None, *, require: bool = True) -> Workspace:
+    workspace = Workspace(path)
+    return workspace.require() if require else workspace
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, nothing else: safe to pipe."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
+def progress_enabled() -> bool:
+    """Progress bars go to stderr, and only where a person is watching."""
+    return sys.stderr.isatty()

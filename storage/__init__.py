@@ -1,0 +1,4 @@
+"""Bottom layer: everything plmlabel persists (Swiss-Prot, the SQLite database, the workspace, exports).
+
+Imports nothing of ours.
+"""
