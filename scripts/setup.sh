@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv in the repository and install plmlabel into it (editable, with the dev extra).
+# Safe to rerun: an existing .venv is reused and only missing packages are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# The local CPU build of torch first: installing torch any other way pulls several GB of CUDA packages.
+# On a machine with a GPU, install the CUDA build of torch you want before running this script instead.
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    .venv/bin/python -m pip install --quiet torch==2.13.0
+fi
+.venv/bin/python -m pip install --quiet -e ".[dev]"
