@@ -1,0 +1,276 @@
+"""`plmlabel query` (search labels) and `plmlabel show` (one feature in full)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from agent.cli._common import console, json_option, open_workspace, print_json, workspace_option
+from storage.errors import InputError, PlmlabelError
+from storage.labels import StoredLabel
+from storage.search import LabelHit, LabelQuery, require_label, search_labels
+from storage.workspace import Workspace
+
+CSV_COLUMNS = (
+    "sae_id", "feature", "label", "pearson", "spearman", "n_heldout", "validated", "status", "description",
+)
+N_EXAMPLES_SHOWN = 5
+WINDOW = 10  # residues shown either side of the strongest firing residue
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def hits_csv(hits: Sequence[LabelHit]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for hit in hits:
+        writer.writerow([_csv_value(getattr(hit, column)) for column in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _hits_table(hits: Sequence[LabelHit]) -> Table:
+    table = Table(pad_edge=False, expand=True)
+    table.add_column("SAE", no_wrap=True)
+    table.add_column("Feature", justify="right", no_wrap=True)
+    table.add_column("Label", ratio=1, min_width=18)
+    table.add_column("r", justify="right", no_wrap=True)
+    table.add_column("ρ", justify="right", no_wrap=True)
+    table.add_column("Valid", no_wrap=True)
+    table.add_column("Description", ratio=1, min_width=10, overflow="ellipsis", no_wrap=True)
+    for hit in hits:
+        label = hit.label if hit.status == "ok" else f"(failed) {hit.label or ''}".strip()
+        table.add_row(
+            Text(hit.sae_id), str(hit.feature), Text(label or ""), _num(hit.pearson), _num(hit.spearman),
+            "yes" if hit.validated else "no",
+            Text(hit.description or ""),
+        )
+    return table
+
+
+@click.command()
+@click.argument("text", required=False, default="")
+@click.option("--validated", is_flag=True, help="Only labels whose score cleared the threshold.")
+@click.option("--min-score", type=float, default=None, help="Only labels with Pearson r at least this.")
+@click.option("--sae", "sae_id", default=None, help="Only labels of this SAE.")
+@click.option("--concept", default=None,
+              help="Only features with this concept (substring of a label concept or a Swiss-Prot concept).")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--include-failed", is_flag=True, help="Also list labels that failed.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the result as CSV.")
+@workspace_option
+@json_option
+def query(text: str, validated: bool, min_score: float | None, sae_id: str | None, concept: str | None,
+          limit: int, include_failed: bool, as_csv: bool, workspace: str | None, as_json: bool) -> None:
+    """Search labels and descriptions for TEXT (literal words; ranked); no TEXT lists by score."""
+    if as_json and as_csv:
+        raise InputError("choose one of --json and --csv.")
+    request = LabelQuery(text=text, sae_id=sae_id, validated=validated, min_score=min_score,
+                         concept=concept, include_failed=include_failed, limit=limit)
+    ws = open_workspace(workspace)
+    with ws.db() as db:
+        hits = search_labels(db, request)
+    if as_json:
+        print_json([hit.model_dump() for hit in hits])
+    elif as_csv:
+        click.echo(hits_csv(hits), nl=False)
+    elif not hits:
+        console.print(Text(f"No labels match {text!r}." if text.strip() else "No labels yet."))
+    else:
+        console.print(_hits_table(hits))
+
+
+# --- show ----------------------------------------------------------------------------------------------
+def _mark(count: int) -> str:
+    if count == 0:
+        return " "
+    if count == 1:
+        return "•"
+    return str(count) if count < 10 else "#"
+
+
+def text_scatter(xs: Sequence[float], ys: Sequence[float], *, width: int = 41, height: int = 11,
+                 x_max: float = 1.0, y_max: float = 10.0) -> list[str]:
+    """A character scatter plot: x (actual, 0..x_max) across, y (predicted, 0..y_max) up.
+
+    A cell shows • for one point, the count for 2-9 and # for more.
+    """
+    grid = [[0] * width for _ in range(height)]
+    for x, y in zip(xs, ys, strict=True):
+        col = round(min(max(x / x_max, 0.0), 1.0) * (width - 1))
+        row = height - 1 - round(min(max(y / y_max, 0.0), 1.0) * (height - 1))
+        grid[row][col] += 1
+    labelled = {0, (height - 1) // 2, height - 1}
+    lines = []
+    for row, cells in enumerate(grid):
+        value = y_max * (height - 1 - row) / (height - 1)
+        label = f"{value:g}" if row in labelled else ""
+        lines.append(f"{label:>5} {'┤' if label else '│'}{''.join(_mark(c) for c in cells)}")
+    lines.append("      └" + "─" * width)
+    ticks = [" "] * (width + 2)
+    for text, col in (("0", 0), (f"{x_max / 2:g}", (width - 1) // 2), (f"{x_max:g}", width - 1)):
+        start = max(0, min(col - len(text) // 2, len(ticks) - len(text)))
+        ticks[start:start + len(text)] = list(text)
+    lines.append("       " + "".join(ticks).rstrip())
+    return lines
+
+
+def _load_examples(ws: Workspace, db: Any, sae_id: str, feature: int) -> tuple[Any, str | None]:
+    """The feature's examples from the activation index, or None and the reason there are none."""
+    from sae.index import load_feature_examples
+
+    try:
+        return load_feature_examples(ws, db, sae_id, feature), None
+    except PlmlabelError as exc:
+        return None, str(exc)
+
+
+def _example_window(example: Any) -> Text:
+    sequence: str = example.protein.sequence
+    if not example.firing:
+        return Text(sequence[: 2 * WINDOW + 1], style="dim")
+    peak = max(example.firing, key=lambda r: r.value)
+    start = max(1, peak.position - WINDOW)
+    end = min(len(sequence), peak.position + WINDOW)
+    firing = {r.position for r in example.firing}
+    text = Text(f"{start}-{end} ", style="dim")
+    for position in range(start, end + 1):
+        residue = sequence[position - 1]
+        text.append(residue, style="bold red" if position in firing else "")
+    return text
+
+
+def _examples_json(examples: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "accession": ex.protein.accession,
+            "name": ex.protein.protein_name,
+            "organism": ex.protein.organism,
+            "kind": ex.kind,
+            "max_activation": ex.max_activation,
+            "normalized": ex.normalized,
+            "firing": [[r.position, r.value] for r in ex.firing],
+        }
+        for ex in examples.examples
+    ]
+
+
+def _render_record(record: StoredLabel) -> None:
+    head = Text(f"Feature {record.feature} of SAE ", style="bold")
+    head.append(record.sae_id, style="bold cyan")
+    head.append(f"  ·  status {record.status}", style="dim")
+    console.print(head)
+    if record.status != "ok":
+        console.print(Text(f"Labeling failed: {record.error or 'no reason recorded'}", style="red"))
+    if record.label:
+        console.print(Text(record.label, style="bold green"))
+    if record.description:
+        console.print(Text(record.description))
+    if record.concepts:
+        console.print(Text("Concepts: " + ", ".join(record.concepts), style="dim"))
+    console.print()
+    scores = Text("validated", style="bold green") if record.validated else Text("not validated",
+                                                                                  style="yellow")
+    scores.append(f" · Pearson r {_num(record.pearson)} · Spearman {_num(record.spearman)} · "
+                  f"per-residue r {_num(record.residue_pearson)} · "
+                  f"{record.n_heldout if record.n_heldout is not None else '–'} held-out", style="")
+    console.print(scores)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column()
+    tokens = (f"{record.input_tokens or 0:,} in / {record.output_tokens or 0:,} out"
+              if record.input_tokens is not None or record.output_tokens is not None else "–")
+    rows = (
+        ("backend", record.backend),
+        ("explainer", record.explainer_model),
+        ("simulator", record.simulator_model),
+        ("explain prompt", _prompt(record.explain_prompt, record.explain_prompt_version)),
+        ("simulate prompt", _prompt(record.simulate_prompt, record.simulate_prompt_version)),
+        ("tokens", tokens),
+        ("cost", f"${record.cost_usd:.4f}" if record.cost_usd is not None else "–"),
+        ("run", record.run_id),
+        ("created", record.created_at),
+    )
+    for name, value in rows:
+        table.add_row(name, Text(value or "–"))
+    console.print(table)
+
+
+def _prompt(name: str | None, version: str | None) -> str | None:
+    if not name:
+        return None
+    return f"{name}@{version}" if version else name
+
+
+def _render_plot(record: StoredLabel) -> None:
+    console.print()
+    points = [(p.actual, p.predicted) for p in record.predictions if p.actual is not None]
+    if not points:
+        console.print(Text("No held-out predictions stored.", style="dim"))
+        return
+    ys = [y for _, y in points]
+    console.print(Text(f"Held-out proteins (n={len(ys)}): predicted (up) against actual (across)",
+                       style="bold"))
+    for line in text_scatter([x for x, _ in points], ys, y_max=max(10.0, max(ys))):
+        console.print(Text(line))
+
+
+def _render_examples(examples: Any, why_not: str | None) -> None:
+    console.print()
+    if examples is None:
+        console.print(Text(f"No examples: {why_not}", style="dim"), soft_wrap=True)
+        return
+    shown = sorted((ex for ex in examples.examples if ex.kind != "silent"),
+                   key=lambda ex: -ex.max_activation)[:N_EXAMPLES_SHOWN]
+    console.print(Text(f"Top examples ({len(shown)} of {len(examples.examples)})", style="bold"))
+    table = Table(pad_edge=False, expand=True)
+    table.add_column("Accession", no_wrap=True)
+    table.add_column("Max", justify="right", no_wrap=True)
+    table.add_column("Protein", ratio=1, overflow="ellipsis", no_wrap=True)
+    table.add_column("Around the peak (firing in red)", no_wrap=True)
+    for ex in shown:
+        protein = ex.protein.protein_name or ex.protein.entry_name or ""
+        if ex.protein.organism:
+            protein += f" ({ex.protein.organism})"
+        table.add_row(Text(ex.protein.accession), f"{ex.normalized:.2f}", Text(protein), _example_window(ex))
+    console.print(table)
+
+
+@click.command()
+@click.argument("sae_id")
+@click.argument("feature", type=int)
+@workspace_option
+@json_option
+def show(sae_id: str, feature: int, workspace: str | None, as_json: bool) -> None:
+    """Show the label of FEATURE of SAE_ID: description, scores, provenance, plot and examples."""
+    ws = open_workspace(workspace)
+    with ws.db() as db:
+        record = require_label(db, sae_id, feature)
+        examples, why_not = _load_examples(ws, db, sae_id, feature)
+    if as_json:
+        data = record.model_dump()
+        data["examples"] = None if examples is None else _examples_json(examples)
+        print_json(data)
+        return
+    _render_record(record)
+    _render_plot(record)
+    _render_examples(examples, why_not)
+
+
+COMMANDS = [query, show]

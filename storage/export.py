@@ -1,0 +1,359 @@
+"""Exports of one SAE's labels for the viewers people already use, written atomically.
+
+Formats:
+    interplm   LLM_Autointerp.csv as InterPLM's dashboard reads it: index column `Feature`, columns
+               `Summary` (the description) and `Correlation` (Pearson r); it goes in the dashboard
+               cache's `layer_<L>/` folder.
+    interprot  one `<feature>.json` per feature in the shape of InterProt's viewer files: `ranges`
+               keyed "0-0.25" .. "0.75-1" (normalised per-protein max activation) holding `examples`
+               with `sequence` and per-residue `sae_acts`, plus `freq_active`, `max_act`, `top_pfam`;
+               our label fields sit under the key `plmlabel`.
+    jsonl      labels.jsonl, one label per line: PLM, SAE, layer, index, label, description, scores,
+               provenance.
+    html       a self-contained static viewer (storage/export_html.py).
+
+This module takes plain data: `ExportBundle` (built from the database by `load_bundle`, with example
+sequences attached by the caller, which owns the activation index). The output folder appears whole
+or not at all: files go to a temporary folder beside it that is renamed into place at the end. No
+secrets are ever exported: only label, score and provenance columns are read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from storage.db import Database, utcnow
+from storage.errors import InputError
+from storage.features_store import list_feature_stats
+from storage.labels import StoredLabel, list_labels
+from storage.saes import get_sae
+
+FORMATS: tuple[str, ...] = ("interplm", "interprot", "jsonl", "html")
+MANIFEST_NAME = "plmlabel-export.json"
+INTERPLM_FILE = "LLM_Autointerp.csv"
+JSONL_FILE = "labels.jsonl"
+# InterProt's viewer shows the top sequences of each normalised-activation range, (start, end].
+INTERPROT_RANGES: tuple[tuple[float, float], ...] = ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1))
+INTERPROT_PER_RANGE = 12
+
+
+class ExportExample(BaseModel):
+    """One example protein with its per-residue activations (dense, aligned with `sequence`)."""
+
+    accession: str
+    name: str | None = None
+    organism: str | None = None
+    sequence: str
+    kind: str = "top"  # "top", "quantile" or "silent"
+    max_activation: float
+    normalized: float
+    activations: list[float]
+
+
+class ExportSae(BaseModel):
+    sae_id: str
+    architecture: str | None = None
+    d_in: int | None = None
+    d_sae: int | None = None
+    k: int | None = None
+    plm_model: str | None = None
+    layer: int | None = None
+
+
+class ExportFeature(BaseModel):
+    """A label with what the viewers show beside it."""
+
+    record: StoredLabel
+    max_activation: float | None = None
+    frac_proteins: float | None = None
+    top_concepts: list[dict[str, Any]] = []
+    n_active: int | None = None  # proteins of the index where the feature fires, when known
+    examples: list[ExportExample] = []
+
+
+class ExportBundle(BaseModel):
+    sae: ExportSae
+    features: list[ExportFeature]
+    has_examples: bool = False  # whether example sequences were attached (an index exists)
+
+
+class ExportResult(BaseModel):
+    out_dir: Path
+    format: str
+    n_features: int
+    files: list[str]  # relative to out_dir
+    has_examples: bool
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def load_bundle(db: Database, sae_id: str, *, validated_only: bool = False) -> ExportBundle:
+    """The SAE and its successful labels, with per-feature statistics; no examples yet."""
+    record = get_sae(db, sae_id)
+    sae = ExportSae(**{key: getattr(record, key) for key in ExportSae.model_fields})
+    stats = {row.feature: row for row in list_feature_stats(db, sae_id)}
+    features = []
+    labels = list_labels(db, sae_id, status="ok", validated=True if validated_only else None,
+                         with_predictions=True)
+    for label in labels:
+        row = stats.get(label.feature)
+        features.append(
+            ExportFeature(
+                record=label,
+                max_activation=row.max_activation if row else None,
+                frac_proteins=row.frac_proteins if row else None,
+                top_concepts=[dict(c) for c in row.top_concepts] if row else [],
+            )
+        )
+    return ExportBundle(sae=sae, features=features)
+
+
+# --- shared pieces -----------------------------------------------------------------------------------
+def provenance(record: StoredLabel) -> dict[str, Any]:
+    return {
+        "backend": record.backend,
+        "explainer_model": record.explainer_model,
+        "simulator_model": record.simulator_model,
+        "explain_prompt": record.explain_prompt,
+        "explain_prompt_version": record.explain_prompt_version,
+        "simulate_prompt": record.simulate_prompt,
+        "simulate_prompt_version": record.simulate_prompt_version,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cost_usd": record.cost_usd,
+        "run_id": record.run_id,
+        "created_at": record.created_at,
+    }
+
+
+def scores(record: StoredLabel) -> dict[str, Any]:
+    return {
+        "pearson": record.pearson,
+        "spearman": record.spearman,
+        "residue_pearson": record.residue_pearson,
+        "n_heldout": record.n_heldout,
+        "validated": record.validated,
+    }
+
+
+def label_fields(feature: ExportFeature) -> dict[str, Any]:
+    """Our fields for one feature (no examples): what every format carries."""
+    record = feature.record
+    return {
+        "index": record.feature,
+        "label": record.label,
+        "description": record.description,
+        "concepts": record.concepts,
+        "confidence": record.confidence,
+        "scores": scores(record),
+        "provenance": provenance(record),
+        "max_activation": feature.max_activation,
+        "frac_proteins": feature.frac_proteins,
+        "top_concepts": feature.top_concepts,
+    }
+
+
+# --- formats -----------------------------------------------------------------------------------------
+def render_interplm(bundle: ExportBundle) -> str:
+    """LLM_Autointerp.csv: Feature,Summary,Correlation (an empty Correlation reads as NaN)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["Feature", "Summary", "Correlation"])
+    for feature in bundle.features:
+        record = feature.record
+        pearson = "" if record.pearson is None else repr(round(record.pearson, 4))
+        writer.writerow([record.feature, record.description or record.label or "", pearson])
+    return buffer.getvalue()
+
+
+def write_interplm(bundle: ExportBundle, folder: Path) -> list[str]:
+    (folder / INTERPLM_FILE).write_text(render_interplm(bundle), encoding="utf-8")
+    return [INTERPLM_FILE]
+
+
+def _range_name(start: float, end: float) -> str:
+    return f"{start:g}-{end:g}"
+
+
+def interprot_feature(bundle: ExportBundle, feature: ExportFeature) -> dict[str, Any]:
+    """One InterProt viewer file: activation ranges with example sequences, plus `plmlabel`."""
+    ranges: dict[str, Any] = {}
+    active = sorted(
+        (ex for ex in feature.examples if ex.normalized > 0),
+        key=lambda ex: (-ex.max_activation, ex.accession),
+    )
+    for start, end in INTERPROT_RANGES:
+        chosen = [ex for ex in active if start < ex.normalized <= end][:INTERPROT_PER_RANGE]
+        ranges[_range_name(start, end)] = {
+            "examples": [
+                {
+                    "sae_acts": [round(value, 4) for value in ex.activations],
+                    "sequence": ex.sequence,
+                    "alphafold_id": ex.accession,  # AlphaFold DB entries are keyed by UniProt accession
+                    "uniprot_id": ex.accession,
+                    "name": ex.name or ex.accession,
+                }
+                for ex in chosen
+            ]
+        }
+    data: dict[str, Any] = {"ranges": ranges, "top_pfam": []}
+    if feature.frac_proteins is not None:
+        data["freq_active"] = feature.frac_proteins
+    if feature.n_active is not None:
+        data["n_seqs"] = feature.n_active
+    if feature.max_activation is not None:
+        data["max_act"] = feature.max_activation
+    data["plmlabel"] = {"sae_id": bundle.sae.sae_id, **label_fields(feature)}
+    return data
+
+
+def write_interprot(bundle: ExportBundle, folder: Path) -> list[str]:
+    names = []
+    for feature in bundle.features:
+        name = f"{feature.record.feature}.json"
+        (folder / name).write_text(json.dumps(interprot_feature(bundle, feature)), encoding="utf-8")
+        names.append(name)
+    return names
+
+
+def jsonl_line(bundle: ExportBundle, feature: ExportFeature) -> dict[str, Any]:
+    sae = bundle.sae
+    return {
+        "plm_model": sae.plm_model,
+        "layer": sae.layer,
+        "sae_id": sae.sae_id,
+        "architecture": sae.architecture,
+        "d_sae": sae.d_sae,
+        **label_fields(feature),
+    }
+
+
+def render_jsonl(bundle: ExportBundle) -> str:
+    return "".join(
+        json.dumps(jsonl_line(bundle, feature), sort_keys=True) + "\n" for feature in bundle.features
+    )
+
+
+def write_jsonl(bundle: ExportBundle, folder: Path) -> list[str]:
+    (folder / JSONL_FILE).write_text(render_jsonl(bundle), encoding="utf-8")
+    return [JSONL_FILE]
+
+
+def _write_html(bundle: ExportBundle, folder: Path) -> list[str]:
+    from storage.export_html import write_html  # the viewer's templates load only when asked for
+
+    return write_html(bundle, folder)
+
+
+WRITERS: dict[str, Callable[[ExportBundle, Path], list[str]]] = {
+    "interplm": write_interplm,
+    "interprot": write_interprot,
+    "jsonl": write_jsonl,
+    "html": _write_html,
+}
+
+
+# --- the atomic folder -------------------------------------------------------------------------------
+def _is_replaceable(out_dir: Path) -> bool:
+    """An existing folder may be replaced only when it is empty or an earlier plmlabel export."""
+    if not out_dir.exists():
+        return True
+    if not out_dir.is_dir():
+        return False
+    return (out_dir / MANIFEST_NAME).is_file() or not any(out_dir.iterdir())
+
+
+def check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, a folder that cannot be written or must not be replaced."""
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"cannot export to {out}: it is a file, not a folder.")
+    if not _is_replaceable(out):
+        raise InputError(f"{out} exists and is not a plmlabel export; choose a new or empty folder.")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write to {out}: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise InputError(f"cannot write to {out}: permission denied.")
+    return out
+
+
+def write_export(bundle: ExportBundle, fmt: str, out_dir: str | os.PathLike[str]) -> ExportResult:
+    """Write `bundle` in format `fmt` to `out_dir`, replacing an earlier export there, atomically."""
+    if fmt not in WRITERS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    out = check_out_dir(out_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write to {out}: {exc.strerror or exc}.") from exc
+    try:
+        files = WRITERS[fmt](bundle, staging)
+        manifest = {
+            "format": fmt,
+            "sae_id": bundle.sae.sae_id,
+            "plm_model": bundle.sae.plm_model,
+            "layer": bundle.sae.layer,
+            "n_features": len(bundle.features),
+            "has_examples": bundle.has_examples,
+            "files": len(files),
+            "created_at": utcnow(),
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
+        _swap_into_place(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(f"cannot write to {out}: {exc.strerror or exc}.") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(
+        out_dir=out, format=fmt, n_features=len(bundle.features), files=files,
+        has_examples=bundle.has_examples,
+    )
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Rename `staging` to `out`; an earlier export at `out` is moved aside first and then removed."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        old.rename(out)  # put the earlier export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "FORMATS",
+    "ExportBundle",
+    "ExportExample",
+    "ExportFeature",
+    "ExportResult",
+    "ExportSae",
+    "interprot_feature",
+    "jsonl_line",
+    "load_bundle",
+    "render_interplm",
+    "render_jsonl",
+    "check_out_dir",
+    "write_export",
+]
