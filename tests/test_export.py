@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agent.cli.export_cmd import export_examples
+from agent.export_bundle import export_examples
 from sae.index import ExampleProtein, FeatureExamples, ResidueActivation
 from storage import export as export_module
 from storage.errors import InputError
@@ -403,8 +403,8 @@ def test_export_cli_attaches_examples_from_the_index(seeded, cli, exports, swiss
     def from_index(workspace, db, sae_id, feature):
         return feature_examples(proteins, sae_id, feature).model_copy(update={"n_indexed": 1000})
 
-    monkeypatch.setattr("sae.index.open_index", lambda workspace, sae_id: None)
-    monkeypatch.setattr("sae.index.load_feature_examples", from_index)
+    monkeypatch.setattr("agent.export_bundle.open_index", lambda workspace, sae_id: None)
+    monkeypatch.setattr("agent.export_bundle.load_feature_examples", from_index)
     result = cli("export", "demo", "--format", "interprot", "--out", exports / "viz",
                  "--workspace", seeded.root)
     assert result.exit_code == 0, result.stderr

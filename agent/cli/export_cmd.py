@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 from rich.progress import Progress
 
@@ -17,75 +15,8 @@ from agent.cli._common import (
     warn,
     workspace_option,
 )
-from storage.errors import PlmlabelError
-from storage.export import (
-    FORMATS,
-    INTERPLM_FILE,
-    ExportBundle,
-    ExportExample,
-    check_out_dir,
-    load_bundle,
-    write_export,
-)
-from storage.workspace import Workspace
-
-# The formats that carry example sequences (the others are label tables).
-WITH_EXAMPLES = ("interprot", "html")
-
-
-def export_examples(examples: Any) -> list[ExportExample]:
-    """FeatureExamples (sae.index) -> the plain examples storage/export.py writes, activations dense."""
-    converted = []
-    for ex in examples.examples:
-        sequence = ex.protein.sequence
-        activations = [0.0] * len(sequence)
-        for residue in ex.firing:
-            if 1 <= residue.position <= len(sequence):
-                activations[residue.position - 1] = float(residue.value)
-        converted.append(
-            ExportExample(
-                accession=ex.protein.accession,
-                name=ex.protein.protein_name or ex.protein.entry_name,
-                organism=ex.protein.organism,
-                sequence=sequence,
-                kind=ex.kind,
-                max_activation=ex.max_activation,
-                normalized=ex.normalized,
-                activations=activations,
-            )
-        )
-    return converted
-
-
-def attach_examples(ws: Workspace, db: Any, bundle: ExportBundle) -> list[str]:
-    """Fill each feature's examples from the activation index; returns why features had none."""
-    from sae.index import load_feature_examples
-
-    problems: list[str] = []
-    with Progress(console=err_console, disable=not progress_enabled(), transient=True) as progress:
-        task = progress.add_task("Reading examples", total=len(bundle.features))
-        for feature in bundle.features:
-            try:
-                examples = load_feature_examples(ws, db, bundle.sae.sae_id, feature.record.feature)
-            except PlmlabelError as exc:
-                problems.append(str(exc))
-            else:
-                feature.examples = export_examples(examples)
-                if examples.n_indexed:
-                    feature.n_active = round(examples.frac_proteins * examples.n_indexed)
-            progress.advance(task)
-    bundle.has_examples = True
-    return problems
-
-
-def _index_problem(ws: Workspace, sae_id: str) -> str | None:
-    from sae.index import open_index
-
-    try:
-        open_index(ws, sae_id)
-    except PlmlabelError as exc:
-        return str(exc)
-    return None
+from agent.export_bundle import gather_bundle
+from storage.export import FORMATS, INTERPLM_FILE, check_out_dir, write_export
 
 
 @click.command()
@@ -101,16 +32,11 @@ def export(sae_id: str, fmt: str, out_dir: str, validated_only: bool, workspace:
     """Export the labels of SAE_ID for a viewer: interplm, interprot, jsonl or html."""
     ws = open_workspace(workspace)
     check_out_dir(out_dir)  # fail before reading thousands of examples
-    with ws.db() as db:
-        bundle = load_bundle(db, sae_id, validated_only=validated_only)
-        if fmt in WITH_EXAMPLES:
-            problem = _index_problem(ws, sae_id)
-            if problem:
-                warn(f"{problem.rstrip('.')}; exporting labels without example sequences.")
-            else:
-                problems = attach_examples(ws, db, bundle)
-                if problems:
-                    warn(f"{len(problems)} feature(s) have no examples ({problems[0].rstrip('.')}).")
+    with ws.db() as db, Progress(console=err_console, disable=not progress_enabled(),
+                                 transient=True) as progress:
+        task = progress.add_task("Reading examples", total=None)
+        bundle = gather_bundle(ws, db, sae_id, fmt, validated_only=validated_only, warn=warn,
+                               advance=lambda: progress.advance(task))
     if not bundle.features:
         warn(f"SAE {sae_id!r} has no {'validated ' if validated_only else ''}labels to export.")
     result = write_export(bundle, fmt, out_dir)
