@@ -48,6 +48,7 @@ class LabelConfig(_Section):
     concurrency: int = Field(4, ge=1)
     budget_usd: float | None = None
     max_retries: int = Field(4, ge=0)
+    retry_wait_s: float = Field(1.0, gt=0)  # first backoff between retries (grows exponentially, jittered)
     timeout_s: float = Field(120.0, gt=0)
 
 

@@ -1,0 +1,109 @@
+"""OpenAI Chat Completions through the openai SDK; also any OpenAI-compatible server via base_url.
+
+Structured output by `response_format: json_schema` with `strict: true`. Reasoning models (o-series,
+GPT-5 and later) take no temperature and get a reasoning allowance on top of the answer's cap.
+
+Keys: against OpenAI itself OPENAI_API_KEY is required. With a custom base_url (vLLM, Ollama,
+LM Studio...) the key is optional: OPENAI_API_KEY is sent when set, otherwise a placeholder, since
+local servers usually ignore it (and the SDK refuses an empty key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, strict_schema
+from storage.errors import ConfigError
+
+if TYPE_CHECKING:
+    import openai
+
+_FATAL_STATUS = {401, 403, 404}
+_NO_KEY_PLACEHOLDER = "no-key"
+# Reasoning models accept only the default temperature, and their reasoning counts towards the cap.
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "gpt-6")
+REASONING_ALLOWANCE = 8192
+
+
+class OpenAIBackend(ProviderBackend):
+    name = "openai"
+    key_env = "OPENAI_API_KEY"
+    default_model = "gpt-4.1"
+
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        key = os.environ.get(self.key_env)
+        if not key and self.base_url is None:
+            raise ConfigError(
+                f"the openai backend needs an API key: set {self.key_env} "
+                "(or pass --base-url for an OpenAI-compatible server that needs none)."
+            )
+        import openai  # imported when used: it takes a second, and most commands never need it
+
+        self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
+            api_key=key or _NO_KEY_PLACEHOLDER, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
+        )
+
+    def build_params(self, request: LLMRequest[Any]) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}]
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.schema_name,
+                    "schema": strict_schema(request.output),
+                    "strict": True,
+                },
+            },
+        }
+        reasoning = self.model.startswith(_REASONING_PREFIXES)
+        cap = request.max_tokens + (REASONING_ALLOWANCE if reasoning else 0)
+        # OpenAI itself wants max_completion_tokens; compatible servers widely know only max_tokens.
+        params["max_tokens" if self.base_url else "max_completion_tokens"] = cap
+        if not reasoning:
+            params["temperature"] = 0.0
+        return params
+
+    async def call(self, params: dict[str, Any]) -> RawReply:
+        return self.to_reply(await self._client.chat.completions.create(**params))
+
+    def to_reply(self, completion: openai.types.chat.ChatCompletion) -> RawReply:
+        """The answer text and usage of a ChatCompletion (from a call, or from a batch's results)."""
+        if not completion.choices:
+            raise ValueError("the response has no choices")
+        message = completion.choices[0].message
+        text = message.content or ""
+        if not text and getattr(message, "refusal", None):
+            text = json.dumps({"refusal": message.refusal})  # fails parsing -> repair, then a reason
+        u = completion.usage
+        cached = 0
+        if u is not None and u.prompt_tokens_details is not None:
+            cached = u.prompt_tokens_details.cached_tokens or 0
+        usage = Usage(
+            input_tokens=(u.prompt_tokens - cached) if u else 0,
+            output_tokens=u.completion_tokens if u else 0,
+            cache_read=cached,
+        )
+        return RawReply(text=text, usage=usage, model=completion.model or self.model)
+
+    def classify(self, exc: BaseException) -> ErrorKind | None:
+        import openai
+
+        if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+            return "retry"
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status in (408, 409, 429) or status >= 500:
+                return "retry"
+            return "fatal" if status in _FATAL_STATUS else "fail"
+        if isinstance(exc, openai.APIError | json.JSONDecodeError | ValueError):
+            return "retry"  # a garbled response body: transient
+        return None
+
+    async def aclose(self) -> None:
+        await self._client.close()
