@@ -1,11 +1,13 @@
 """The `plmlabel` command: parse, call the library, render. No logic of its own.
 
-Errors the user can cause (storage.errors.PlmlabelError) end as one line on stderr and a non-zero
-exit code; nothing here prints a traceback for them.
+Command modules are imported only when their command runs (`LazyGroup`), so `plmlabel query` or
+`plmlabel --help` never pay for importing torch. Errors the user can cause
+(storage.errors.PlmlabelError) end as one line on stderr and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -13,40 +15,44 @@ import click
 from agent.cli._common import err_console
 from storage.errors import PlmlabelError
 
-COMMAND_MODULES = [
-    "agent.cli.workspace_cmd",
-    "agent.cli.swissprot_cmd",
-    "agent.cli.embed_cmd",
-    "agent.cli.sae_cmd",
-    "agent.cli.index_cmd",
-    "agent.cli.label_cmd",
-    "agent.cli.query_cmd",
-    "agent.cli.export_cmd",
-    "agent.cli.demo_cmd",
-]
+# command name -> the module that defines it (in its COMMANDS list)
+COMMAND_MODULES: dict[str, str] = {
+    "init": "agent.cli.workspace_cmd",
+    "swissprot": "agent.cli.swissprot_cmd",
+    "embed": "agent.cli.embed_cmd",
+    "sae": "agent.cli.sae_cmd",
+    "index": "agent.cli.index_cmd",
+    "feature": "agent.cli.index_cmd",
+    "concepts": "agent.cli.index_cmd",
+    "label": "agent.cli.label_cmd",
+    "query": "agent.cli.query_cmd",
+    "show": "agent.cli.query_cmd",
+    "export": "agent.cli.export_cmd",
+    "demo": "agent.cli.demo_cmd",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(cmd_name)
+        if module_name is None:
+            return None
+        module = importlib.import_module(module_name)
+        for command in module.COMMANDS:
+            if command.name == cmd_name:
+                return command
+        raise RuntimeError(f"{module_name} does not define the command {cmd_name!r}")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="plmlabel")
 def cli() -> None:
     """plmlabel: name the features of protein-language-model sparse autoencoders with an LLM."""
-
-
-def _register() -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a command group not built yet
-                continue
-            raise
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:
