@@ -1,0 +1,276 @@
+"""The embed job: proteins of the workspace -> ESM-2 layer-L embeddings in an EmbeddingStore, resumable.
+
+Shard plan: the proteins still to embed are sorted by (length, accession) and cut into shards of about
+`shard_residues` residues. A shard whose index (`shard_NNNNN.json`) exists is finished and never
+recomputed, so a rerun after a crash skips finished shards and re-plans only the rest (shards are
+written in plan order, so the resumed run ends with the same shards as an uninterrupted one).
+`plan.json` records each shard's accessions and a checksum of their sequences; a finished shard
+whose proteins changed sequence since (a newer Swiss-Prot release) is embedded again in place.
+Proteins added later go in new shards; proteins removed from the database keep their embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from sae.embeddings import EmbeddingStore, store_path
+from storage.errors import InputError, NotFoundError
+from storage.lock import workspace_lock
+from storage.workspace import Workspace
+
+PLAN_NAME = "plan.json"
+SHARD_BYTES = 128 * 2**20  # target size of one fp16 shard file
+_CHUNK = 500  # accessions per SQL query (well under SQLite's parameter limit)
+
+
+class EmbedSummary(BaseModel):
+    """What `embed_proteins` did; `plmlabel embed --json` prints it."""
+
+    model: str
+    layer: int
+    path: str
+    n_proteins: int  # proteins asked for (all embedded when this returns)
+    n_residues: int
+    n_shards: int  # shards holding them
+    n_skipped_shards: int  # of those, finished before this run
+    seconds: float
+    device: str | None = None  # None when nothing was left to compute
+    dtype: str | None = None
+
+
+class _Shard(BaseModel):
+    number: int
+    accessions: list[str]
+    residues: int
+    checksum: str
+
+
+class _Plan(BaseModel):
+    model: str
+    layer: int
+    shard_residues: int
+    shards: list[_Shard] = []
+
+
+# --- input ------------------------------------------------------------------------------------------
+def read_accession_file(path: str | Path) -> list[str]:
+    """Accessions from a text file: the first word of each line; blank lines and '#' comments skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"no accession file at {path}.")
+    accessions = []
+    for line in path.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            accessions.append(words[0])
+    if not accessions:
+        raise InputError(f"{path} lists no accessions.")
+    return accessions
+
+
+def _fetch(db, accessions: list[str]) -> dict[str, str]:
+    """accession -> sequence for those of `accessions` in the database."""
+    found: dict[str, str] = {}
+    for i in range(0, len(accessions), _CHUNK):
+        chunk = accessions[i:i + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for row in db.query(f"select accession, sequence from proteins where accession in ({marks})",
+                            tuple(chunk)):
+            found[row["accession"]] = row["sequence"]
+    return found
+
+
+def load_sequences(db, accessions: list[str] | None) -> dict[str, str]:
+    """accession -> sequence for the chosen proteins (all when None); unknown accessions are an error."""
+    if accessions is None:
+        rows = db.query("select accession, sequence from proteins")
+        sequences = {row["accession"]: row["sequence"] for row in rows}
+    else:
+        wanted = list(dict.fromkeys(accessions))
+        sequences = _fetch(db, wanted)
+        missing = [acc for acc in wanted if acc not in sequences]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise InputError(f"{len(missing)} accession(s) are not in the workspace: {shown}.")
+    if not sequences:
+        raise InputError("there are no proteins to embed; import Swiss-Prot entries first.")
+    return sequences
+
+
+# --- planning -----------------------------------------------------------------------------------------
+def _checksum(accessions: list[str], sequences: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for accession in accessions:
+        digest.update(f"{accession}:{sequences[accession].upper()}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def plan_shards(sequences: dict[str, str], shard_residues: int, first_number: int = 0) -> list[_Shard]:
+    """Cut proteins sorted by (length, accession) into shards of about `shard_residues` residues."""
+    order = sorted(sequences, key=lambda acc: (len(sequences[acc]), acc))
+    shards: list[_Shard] = []
+    current: list[str] = []
+    size = 0
+    for accession in order:
+        length = len(sequences[accession])
+        if current and size + length > shard_residues:
+            shards.append(_make_shard(first_number + len(shards), current, size, sequences))
+            current, size = [], 0
+        current.append(accession)
+        size += length
+    if current:
+        shards.append(_make_shard(first_number + len(shards), current, size, sequences))
+    return shards
+
+
+def _make_shard(number: int, accessions: list[str], residues: int, sequences: dict[str, str]) -> _Shard:
+    return _Shard(number=number, accessions=accessions, residues=residues,
+                  checksum=_checksum(accessions, sequences))
+
+
+def default_shard_residues(embed_dim: int) -> int:
+    return max(1024, SHARD_BYTES // (2 * embed_dim))
+
+
+def _read_plan(path: Path) -> _Plan | None:
+    try:
+        return _Plan.model_validate_json((path / PLAN_NAME).read_text())
+    except (OSError, ValueError):
+        return None  # no plan (or a damaged one): finished shards still count, the rest is re-planned
+
+
+def _write_plan(path: Path, plan: _Plan) -> None:
+    tmp = path / (PLAN_NAME + ".tmp")
+    tmp.write_text(plan.model_dump_json())
+    os.replace(tmp, path / PLAN_NAME)
+
+
+def _clean_debris(path: Path, finished: set[int]) -> None:
+    """Remove what a crash left: temp files and shard arrays without their index."""
+    for entry in path.iterdir():
+        orphan = re.fullmatch(r"shard_(\d{5})\.npy", entry.name)
+        if entry.name.endswith(".tmp") or (orphan and int(orphan.group(1)) not in finished):
+            entry.unlink(missing_ok=True)
+
+
+# --- the job ------------------------------------------------------------------------------------------
+class _Work(BaseModel):
+    """What a run has to do, worked out from the store on disk before any compute."""
+
+    finished: dict[int, list[str]]  # shard number -> accessions, for every finished shard
+    plan: _Plan | None
+    redo: list[_Shard]  # finished shards to embed again (their sequences changed)
+    skipped: list[int]  # finished shards holding requested proteins, left as they are
+    todo: dict[str, str]  # accession -> sequence of requested proteins in no finished shard
+
+
+def _work(path: Path, workspace: Workspace, sequences: dict[str, str]) -> _Work:
+    store = EmbeddingStore(path)
+    finished = {n: store.shard_index(n)["accessions"] for n in store.shard_numbers()}
+    _clean_debris(path, set(finished))
+    plan = _read_plan(path)
+    planned = {shard.number: shard for shard in plan.shards} if plan else {}
+    wanted = set(sequences)
+    redo: list[_Shard] = []
+    skipped: list[int] = []
+    with workspace.db() as db:
+        for number, accessions in sorted(finished.items()):
+            if not wanted.intersection(accessions):
+                continue
+            current = _fetch(db, accessions)
+            shard = planned.get(number)
+            if shard and len(current) == len(accessions) and _checksum(accessions, current) != shard.checksum:
+                redo.append(_make_shard(number, accessions, sum(map(len, current.values())), current))
+                sequences.update(current)  # the whole shard is embedded again, asked-for or not
+            else:
+                skipped.append(number)
+    done = {accession for accessions in finished.values() for accession in accessions}
+    todo = {acc: seq for acc, seq in sequences.items() if acc not in done}
+    return _Work(finished=finished, plan=plan, redo=redo, skipped=skipped, todo=todo)
+
+
+def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: list[str] | None,
+                   max_tokens: int, device: str, dtype: str,
+                   progress: Callable[[int, int], None] | None = None, *,
+                   shard_residues: int | None = None) -> EmbedSummary:
+    """Embed the workspace's proteins (all, or `accessions`) with ESM-2 `model` at `layer`.
+
+    `progress(done, total)` counts residues computed in this run. The model is loaded only when
+    something is left to compute. Each shard appears complete or not at all.
+    """
+    from sae.plm import ESM2_MODELS, check_sequence, embed_sequences, load_esm
+
+    started = time.monotonic()
+    if layer < 0:
+        raise InputError(f"layer must be 0 or more, not {layer}.")
+    if shard_residues is not None and shard_residues < 1:
+        raise InputError("shard_residues must be positive.")
+    spec = ESM2_MODELS.get(model)
+    if spec and layer > spec.num_layers:
+        raise InputError(f"layer {layer} is out of range: {model} has layers 0..{spec.num_layers}.")
+    model_key = model if spec else str(Path(model).expanduser().resolve())
+    with workspace.db() as db:
+        sequences = load_sequences(db, accessions)
+    for accession, sequence in sequences.items():
+        check_sequence(accession, sequence)  # a bad residue fails before any compute
+    wanted = set(sequences)
+    n_residues = sum(map(len, sequences.values()))
+
+    path = store_path(workspace.embeddings_dir, model_key, layer)
+    path.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(path / ".lock", f"embed {model} layer {layer}"):
+        store = EmbeddingStore(path)
+        if store.exists and store.manifest.get("model") != model_key:
+            raise InputError(
+                f"{path} holds embeddings of {store.manifest.get('model')}, not {model_key}; "
+                "delete that folder or use the same model."
+            )
+        work = _work(path, workspace, sequences)
+        plm = None
+        new: list[_Shard] = []
+        if work.todo or work.redo:
+            plm = load_esm(model, device=device, dtype=dtype)
+            if layer > plm.num_layers:
+                raise InputError(f"layer {layer} is out of range: {model} has layers 0..{plm.num_layers}.")
+            store = EmbeddingStore.create(path, model=model_key, layer=layer, d_model=plm.embed_dim)
+            size = shard_residues or (work.plan.shard_residues if work.plan
+                                      else default_shard_residues(plm.embed_dim))
+            planned = {shard.number: shard for shard in work.plan.shards} if work.plan else {}
+            first = max([*work.finished, -1]) + 1  # numbers of unfinished shards are free again
+            new = plan_shards(work.todo, size, first) if work.todo else []
+            redone = {shard.number for shard in work.redo}
+            kept = [planned.get(n) or _Shard(number=n, accessions=accs, residues=0, checksum="")
+                    for n, accs in work.finished.items() if n not in redone]
+            _write_plan(path, _Plan(model=model_key, layer=layer, shard_residues=size,
+                                    shards=sorted([*kept, *work.redo, *new], key=lambda s: s.number)))
+
+            total = sum(shard.residues for shard in [*work.redo, *new])
+            computed = 0
+            if progress:
+                progress(0, total)
+            for shard in [*work.redo, *new]:
+                # a shard being replaced stops counting as finished before its array is overwritten
+                (path / f"shard_{shard.number:05d}.json").unlink(missing_ok=True)
+                items = [(acc, sequences[acc]) for acc in shard.accessions]
+                arrays = {}
+                for accession, rows in embed_sequences(plm, items, layer, max_tokens):
+                    arrays[accession] = rows.astype("float16")  # what the store keeps; half the memory
+                    computed += len(rows)
+                    if progress:
+                        progress(computed, total)
+                store.write_shard(shard.number, [(acc, arrays[acc]) for acc in shard.accessions])
+
+        return EmbedSummary(
+            model=model_key, layer=layer, path=str(path), n_proteins=len(wanted), n_residues=n_residues,
+            n_shards=len(work.skipped) + len(work.redo) + len(new), n_skipped_shards=len(work.skipped),
+            seconds=round(time.monotonic() - started, 3),
+            device=str(plm.device) if plm else None,
+            dtype=str(plm.dtype).removeprefix("torch.") if plm else None,
+        )
