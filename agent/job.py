@@ -5,6 +5,8 @@
     run_job(db, ..., features, labeler, load_examples) -> JobSummary   the runner: one per invocation
     dry_run(...) -> DryRun                                     the prompts and estimated cost, nothing sent
     label(workspace, LabelOptions, ...) -> JobSummary          all of it, as the `label` command calls it
+    resolve_job(workspace, ...) -> ResolvedJob                 backend, model and settings: flags > config
+    labeling_lock(workspace, purpose)                          the workspace lock every labeling job holds
 
 One semaphore-bounded runner owns all concurrency. Before it starts a feature it estimates the
 feature's cost and stops starting new ones when that would break the budget (work in flight
@@ -13,13 +15,14 @@ soon as it is done, so a job killed at any point keeps everything finished, and 
 features that already have an ok label without sending anything for them. A provider that keeps
 failing (a fatal error such as a bad key, or `max_consecutive_failures` in a row) stops the job, as
 does an index that cannot be read; the runs row says why (status failed) and the caller decides the
-exit code (`JobSummary.ok`).
+exit code (`agent.nightly.exit_code`).
 
-For later job kinds (nightly, provider batch APIs): selection is `plan_features` (or any list of
-feature ids), the per-feature stages are `Labeler.explain` / `Labeler.simulate` / `agent.score`,
-requests are built by `agent.explain.build_explain_request` / `agent.simulate.build_simulate_request`
-and turned into SDK parameters by `ProviderBackend.build_params`, and `run_job(kind=...)` records the
-run.
+Other job kinds build on these pieces: agent/nightly.py (`--nightly`: its own selection, then
+`run_job(kind="nightly")`) and agent/batch.py (`--batch`: the providers' batch APIs, with
+`scored_outcome` and `build_record` turning answers into labels). Every labeling job resolves its
+backend and settings with `resolve_job` and holds the workspace lock (`labeling_lock`; LockedError,
+exit code 4, when another job has it) for its whole duration; a dry run sends nothing and takes no
+lock.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,7 +42,7 @@ from agent.backends import BACKENDS, Labeler, default_backend, make_labeler
 from agent.explain import Explanation, build_explain_request
 from agent.llm import LLMError, LLMRequest, RetryPolicy, Usage
 from agent.score import Score, score
-from agent.simulate import build_simulate_request
+from agent.simulate import Simulation, build_simulate_request
 from sae.index import FeatureExamples
 from storage.db import Database
 from storage.errors import ConfigError, InputError, NotFoundError, PlmlabelError
@@ -49,11 +53,13 @@ from storage.labels import (
     RunStatus,
     finish_run,
     label_states,
+    mark_interrupted_runs,
     new_run_id,
     save_failure,
     save_label,
     start_run,
 )
+from storage.lock import workspace_lock
 from storage.workspace import Workspace
 
 LoadExamples = Callable[[int], FeatureExamples]
@@ -196,24 +202,40 @@ async def label_feature(
         outcome.error, outcome.fatal = exc.reason, exc.fatal
         outcome.cost_usd = labeler.cost(outcome.usage)
         return outcome
-    predicted = simulated.parsed.predicted
-    outcome.explanation = explained.parsed
-    outcome.predictions = [
+    return scored_outcome(examples, explained.parsed, simulated.parsed, usage=outcome.usage,
+                          cost_usd=labeler.cost(outcome.usage), threshold=threshold, min_heldout=min_heldout)
+
+
+def scored_outcome(
+    examples: FeatureExamples, explanation: Explanation, simulation: Simulation, *, usage: Usage,
+    cost_usd: float | None, threshold: float, min_heldout: int,
+) -> FeatureOutcome:
+    """A finished feature: its explanation, predictions against the actual activations, and score."""
+    predicted = simulation.predicted
+    predictions = [
         PredictionRow(accession=a, predicted=p, actual=n, actual_raw=r)
-        for a, p, n, r in zip(simulated.parsed.accessions, predicted, examples.heldout_normalized,
+        for a, p, n, r in zip(simulation.accessions, predicted, examples.heldout_normalized,
                               examples.heldout_actuals, strict=True)
     ]
-    outcome.score = score(predicted, examples.heldout_normalized, threshold=threshold,
-                          min_heldout=min_heldout)
-    outcome.cost_usd = labeler.cost(outcome.usage)
-    return outcome
+    result = score(predicted, examples.heldout_normalized, threshold=threshold, min_heldout=min_heldout)
+    return FeatureOutcome(feature=examples.feature, explanation=explanation, predictions=predictions,
+                          score=result, usage=usage, cost_usd=cost_usd)
 
 
 def _record(outcome: FeatureOutcome, sae_id: str, labeler: Labeler, run_id: str) -> LabelRecord:
-    versions = labeler.prompt_versions
+    return build_record(outcome, sae_id=sae_id, backend=labeler.name, model=labeler.model,
+                        prompt_versions=labeler.prompt_versions, run_id=run_id)
+
+
+def build_record(
+    outcome: FeatureOutcome, *, sae_id: str, backend: str, model: str,
+    prompt_versions: Mapping[str, str | None], run_id: str,
+) -> LabelRecord:
+    """The labels row of an outcome (ok or failed) with its provenance."""
+    versions = prompt_versions
     common: dict[str, Any] = {
-        "sae_id": sae_id, "feature": outcome.feature, "backend": labeler.name,
-        "explainer_model": labeler.model, "simulator_model": labeler.model,
+        "sae_id": sae_id, "feature": outcome.feature, "backend": backend,
+        "explainer_model": model, "simulator_model": model,
         "explain_prompt": "explain" if versions.get("explain") else None,
         "explain_prompt_version": versions.get("explain"),
         "simulate_prompt": "simulate" if versions.get("simulate") else None,
@@ -319,12 +341,13 @@ def feature_requests(examples: FeatureExamples) -> list[tuple[str, LLMRequest, i
     ]
 
 
-def estimate_cost(model: str, examples: FeatureExamples) -> float | None:
-    """Estimated USD for one feature (~4 chars/token, no cache discount). None: model has no price."""
+def estimate_cost(model: str, examples: FeatureExamples, *, batch: bool = False) -> float | None:
+    """Estimated USD for one feature (~4 chars/token, no cache discount; `batch`: at batch-API price).
+    None: the model has no price."""
     total = 0.0
     for _, request, out_tokens in feature_requests(examples):
         cost = pricing.cost_usd(model, input_tokens=pricing.estimate_tokens(request.text),
-                                output_tokens=out_tokens)
+                                output_tokens=out_tokens, batch=batch)
         if cost is None:
             return None
         total += cost
@@ -585,6 +608,70 @@ class JobStart(BaseModel):
     n_skipped: int
 
 
+@dataclass(frozen=True)
+class ResolvedJob:
+    """A job's backend and settings: flags first, then plmlabel.toml, then defaults."""
+
+    backend: str
+    backend_reason: str | None  # why this backend, when it was chosen by default
+    model: str | None
+    base_url: str | None
+    settings: JobSettings
+    retry: RetryPolicy
+    timeout_s: float
+
+    def labeler(self) -> Labeler:
+        return make_labeler(self.backend, model=self.model, base_url=self.base_url, timeout_s=self.timeout_s,
+                            retry=self.retry)
+
+    def run_args(self, labeler: Labeler, **extra: Any) -> dict[str, Any]:
+        """What the runs row records about the invocation (never keys; credentials cut from URLs)."""
+        return {
+            **extra, "backend": self.backend, "model": labeler.model, "base_url": redact_url(self.base_url),
+            "concurrency": self.settings.concurrency, "budget_usd": self.settings.budget_usd,
+            "threshold": self.settings.threshold, "min_heldout": self.settings.min_heldout,
+        }
+
+
+def resolve_job(
+    workspace: Workspace, *, backend: str | None = None, model: str | None = None,
+    base_url: str | None = None, concurrency: int | None = None, budget_usd: float | None = None,
+    retry: RetryPolicy | None = None,
+) -> ResolvedJob:
+    """Resolve a job's backend, model and settings. InputError for an unknown backend."""
+    config = workspace.load_config().label
+    backend_name, reason = backend or config.backend, None
+    if backend_name is None:
+        backend_name, reason = default_backend()
+    if backend_name not in BACKENDS:
+        raise InputError(f"unknown backend {backend_name!r}; choose one of {', '.join(BACKENDS)}.")
+    same = backend in (None, config.backend)
+    settings = JobSettings(
+        concurrency=concurrency or config.concurrency,
+        budget_usd=budget_usd if budget_usd is not None else config.budget_usd,
+        threshold=config.threshold, min_heldout=config.min_heldout,
+    )
+    return ResolvedJob(
+        backend=backend_name, backend_reason=reason, model=model or (config.model if same else None),
+        base_url=base_url or (config.base_url if same else None), settings=settings,
+        retry=retry or RetryPolicy(max_attempts=config.max_retries + 1, initial_wait=config.retry_wait_s),
+        timeout_s=config.timeout_s,
+    )
+
+
+@contextmanager
+def labeling_lock(workspace: Workspace, purpose: str) -> Iterator[list[str]]:
+    """Hold the workspace lock for a labeling job (LockedError, exit code 4, when another job has it).
+
+    Under the lock no other job runs, so runs rows still 'running' were left by killed jobs: they are
+    marked interrupted. Yields their ids.
+    """
+    with workspace_lock(workspace.lock_path, purpose):
+        with workspace.db() as db:
+            interrupted = mark_interrupted_runs(db)
+        yield interrupted
+
+
 def label(
     workspace: Workspace,
     options: LabelOptions,
@@ -596,47 +683,39 @@ def label(
 ) -> JobSummary | DryRun:
     """Run (or dry-run) one labeling job in `workspace`, as `plmlabel label` does.
 
+    A job (not a dry run) holds the workspace lock throughout: LockedError when another job has it.
     `load_examples` defaults to the activation index; `on_start` hears which backend and how many
     features before any request is sent.
     """
-    config = workspace.load_config().label
-    backend_name, reason = options.backend or config.backend, None
-    if backend_name is None:
-        backend_name, reason = default_backend()
-    if backend_name not in BACKENDS:
-        raise InputError(f"unknown backend {backend_name!r}; choose one of {', '.join(BACKENDS)}.")
-    model = options.model or (config.model if options.backend in (None, config.backend) else None)
-    base_url = options.base_url or (config.base_url if options.backend in (None, config.backend) else None)
-    settings = JobSettings(
-        concurrency=options.concurrency or config.concurrency,
-        budget_usd=options.budget_usd if options.budget_usd is not None else config.budget_usd,
-        threshold=config.threshold, min_heldout=config.min_heldout,
-    )
-    retry = retry or RetryPolicy(max_attempts=config.max_retries + 1, initial_wait=config.retry_wait_s)
-    with workspace.db() as db:
+    job = resolve_job(workspace, backend=options.backend, model=options.model, base_url=options.base_url,
+                      concurrency=options.concurrency, budget_usd=options.budget_usd, retry=retry)
+    locked = nullcontext([]) if options.dry_run else labeling_lock(workspace, f"label {options.sae_id}")
+    with locked as interrupted, workspace.db() as db:
         plan = plan_features(db, options.sae_id, options.selection)
         loader = load_examples or index_loader(workspace, db, options.sae_id)
         if plan.features:
             loader(plan.features[0])  # no usable index: one clear error now, before a run is recorded
         if options.dry_run:
-            return dry_run(sae_id=options.sae_id, features=plan.features, backend=backend_name,
-                           model=model or BACKENDS[backend_name].default_model, load_examples=loader,
-                           n_skipped=len(plan.skipped), backend_reason=reason)
-        labeler = make_labeler(backend_name, model=model, base_url=base_url, timeout_s=config.timeout_s,
-                               retry=retry)
-        run_args = {
-            "features": options.selection.describe(), "relabel": options.selection.relabel,
-            "backend": backend_name, "model": labeler.model, "base_url": redact_url(base_url),
-            "concurrency": settings.concurrency, "budget_usd": settings.budget_usd,
-            "threshold": settings.threshold, "min_heldout": settings.min_heldout,
-        }
+            return dry_run(sae_id=options.sae_id, features=plan.features, backend=job.backend,
+                           model=job.model or BACKENDS[job.backend].default_model, load_examples=loader,
+                           n_skipped=len(plan.skipped), backend_reason=job.backend_reason)
+        labeler = job.labeler()
+        run_args = job.run_args(labeler, features=options.selection.describe(),
+                                relabel=options.selection.relabel)
         if on_start is not None:
             on_start(JobStart(sae_id=options.sae_id, backend=labeler.name, model=labeler.model,
-                              backend_reason=reason, n_features=len(plan.features),
+                              backend_reason=job.backend_reason, n_features=len(plan.features),
                               n_skipped=len(plan.skipped)))
-        return asyncio.run(run_job(
+        summary = asyncio.run(run_job(
             db, sae_id=options.sae_id, features=plan.features, labeler=labeler, load_examples=loader,
-            settings=settings, run_args=run_args, n_skipped=len(plan.skipped), on_progress=on_progress,
-            backend_reason=reason,
+            settings=job.settings, run_args=run_args, n_skipped=len(plan.skipped), on_progress=on_progress,
+            backend_reason=job.backend_reason,
         ))
+        if interrupted:
+            summary.warnings.append(interrupted_note(interrupted))
+        return summary
 
+
+def interrupted_note(run_ids: Sequence[str]) -> str:
+    return (f"{len(run_ids)} earlier run(s) left 'running' by a killed job marked interrupted: "
+            f"{', '.join(run_ids[:5])}" + (", ..." if len(run_ids) > 5 else ""))

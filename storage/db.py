@@ -190,16 +190,20 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         {
             "batch_id": str,
             "provider": str,
-            "run_id": str,
+            "model": str,
+            "run_id": str,  # the run that submitted it
             "sae_id": str,
             "stage": str,  # "explain" or "simulate"
             "status": str,  # submitted, collected, failed
             "requests": str,  # JSON: custom_id -> feature and context needed to collect
+            "n_requests": int,
             "submitted_at": str,
             "collected_at": str,
+            "message": str,  # why it failed, or what collecting it gave
         },
         pk="batch_id",
     )
+    db["batches"].create_index(["sae_id", "status"])
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]

@@ -1,4 +1,5 @@
-"""The label store: one label per (SAE, feature) with its held-out predictions, and the runs table.
+"""The label store: one label per (SAE, feature) with its held-out predictions; the runs table; the
+provider batches a batch job has in flight.
 
 A label and its predictions are written in one transaction. An ok label replaces whatever was
 stored for its feature (relabeling); a failure is stored only where no ok label exists, so a failed
@@ -19,6 +20,7 @@ from storage.db import Database, to_json, utcnow
 
 LabelStatus = Literal["ok", "failed"]
 RunStatus = Literal["running", "completed", "budget_exhausted", "failed", "interrupted"]
+BatchStatus = Literal["submitted", "collected", "failed"]
 
 
 class PredictionRow(BaseModel):
@@ -202,14 +204,16 @@ def stale_features(
     simulate_prompt_version: str | None,
     model: str | None = None,
 ) -> set[int]:
-    """Ok labels made with another prompt version (or, when `model` is given, another model)."""
+    """Ok labels made with another prompt version (or, when `model` is given, another explainer or
+    simulator model)."""
     stale = set()
     for feature, state in label_states(db, sae_id).items():
         if state.status != "ok":
             continue
         if (state.explain_prompt_version != explain_prompt_version
                 or state.simulate_prompt_version != simulate_prompt_version
-                or (model is not None and state.explainer_model != model)):
+                or (model is not None and model != state.explainer_model)
+                or (model is not None and model != state.simulator_model)):
             stale.add(feature)
     return stale
 
@@ -278,9 +282,9 @@ def get_run(db: Database, run_id: str) -> RunRecord | None:
 
 def list_runs(db: Database, sae_id: str | None = None) -> list[RunRecord]:
     if sae_id is None:
-        rows = db.query("SELECT * FROM runs ORDER BY started_at, run_id")
+        rows = db.query("SELECT * FROM runs ORDER BY started_at, rowid")
     else:
-        rows = db.query("SELECT * FROM runs WHERE sae_id = ? ORDER BY started_at, run_id", (sae_id,))
+        rows = db.query("SELECT * FROM runs WHERE sae_id = ? ORDER BY started_at, rowid", (sae_id,))
     return [_run(r) for r in rows]
 
 
@@ -288,3 +292,88 @@ def _run(row: dict[str, Any]) -> RunRecord:
     row = dict(row)
     row["args"] = json.loads(row["args"]) if row.get("args") else {}
     return RunRecord(**{k: v for k, v in row.items() if v is not None or k in ("cost_usd",)})
+
+
+def mark_interrupted_runs(db: Database) -> list[str]:
+    """Mark runs still 'running' as 'interrupted'; returns their ids.
+
+    Call it only while holding the workspace lock: then no job is running, and a 'running' row was
+    left by a job that was killed before it could finish its row.
+    """
+    note = "the job ended without finishing its run (killed?); marked interrupted when the next job started"
+    with db.transaction():
+        ids = [r["run_id"] for r in db.query("SELECT run_id FROM runs WHERE status = 'running'")]
+        db.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = COALESCE(finished_at, ?), "
+            "message = CASE WHEN message IS NULL OR message = '' THEN ? ELSE message || '; ' || ? END "
+            "WHERE status = 'running'",
+            (utcnow(), note, note),
+        )
+    return ids
+
+
+# --- provider batches ----------------------------------------------------------------------------------
+class BatchRow(BaseModel):
+    """A provider batch of one stage. `requests` maps each custom_id to what collecting it needs."""
+
+    batch_id: str
+    provider: str
+    model: str | None = None
+    run_id: str | None = None
+    sae_id: str
+    stage: str
+    status: BatchStatus = "submitted"
+    requests: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    submitted_at: str = Field(default_factory=utcnow)
+    collected_at: str | None = None
+    message: str | None = None
+
+    @property
+    def features(self) -> set[int]:
+        return {int(r["feature"]) for r in self.requests.values()}
+
+
+def record_batch(db: Database, row: BatchRow) -> None:
+    values = row.model_dump()
+    values["requests"] = to_json(row.requests)
+    values["n_requests"] = len(row.requests)
+    with db.transaction():
+        db.table("batches").insert(values)
+
+
+def close_batch(db: Database, batch_id: str, *, status: BatchStatus, message: str | None = None) -> None:
+    """A batch collected (or given up): it is no longer in flight."""
+    with db.transaction():
+        db.execute("UPDATE batches SET status = ?, collected_at = ?, message = ? WHERE batch_id = ?",
+                   (status, utcnow(), message, batch_id))
+
+
+def open_batches(db: Database, sae_id: str, provider: str | None = None) -> list[BatchRow]:
+    """Batches of the SAE still in flight (submitted, not collected), oldest first."""
+    sql = "SELECT * FROM batches WHERE sae_id = ? AND status = 'submitted'"
+    params: tuple[Any, ...] = (sae_id,)
+    if provider is not None:
+        sql += " AND provider = ?"
+        params += (provider,)
+    rows = db.query(sql + " ORDER BY submitted_at, rowid", params)
+    return [_batch(r) for r in rows]
+
+
+def list_batches(db: Database, sae_id: str | None = None) -> list[BatchRow]:
+    if sae_id is None:
+        rows = db.query("SELECT * FROM batches ORDER BY submitted_at, rowid")
+    else:
+        rows = db.query("SELECT * FROM batches WHERE sae_id = ? ORDER BY submitted_at, rowid", (sae_id,))
+    return [_batch(r) for r in rows]
+
+
+def in_flight_features(db: Database, sae_id: str, stage: str | None = None) -> set[int]:
+    """Features with a request in a batch not yet collected (of one stage, or any)."""
+    return {f for b in open_batches(db, sae_id) if stage is None or b.stage == stage for f in b.features}
+
+
+def _batch(row: dict[str, Any]) -> BatchRow:
+    row = dict(row)
+    row["requests"] = json.loads(row["requests"]) if row.get("requests") else {}
+    row.pop("n_requests", None)
+    return BatchRow(**row)

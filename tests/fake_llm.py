@@ -16,8 +16,20 @@ Faults on demand, per request: `script` (a list of actions consumed in order, th
 answers), "malformed_body" (HTTP 200 with truncated JSON), "bad_answer" (a well-formed response whose
 answer violates the schema), "401". `latency` delays every answer.
 
-Routes live in a table (`route(method, path_regex)`), so more endpoints (batch APIs) can be added.
-Every request is recorded in `requests` (api, stage, feature, action).
+Routes live in a table (`route(method, path_regex)`). Every request is recorded in `requests` (api,
+path, stage, feature, action).
+
+Batch APIs (Anthropic Message Batches; OpenAI Files + Batch), in the shapes the SDKs parse:
+- Anthropic: POST /v1/messages/batches, GET /v1/messages/batches/{id}, GET .../{id}/results (JSONL);
+- OpenAI: POST /v1/files (multipart upload of the JSONL input), POST /v1/batches,
+  GET /v1/batches/{id}, GET /v1/files/{id}/content (the output and error JSONL files).
+Each line is answered when the batch is created, by the same functions as the synchronous calls
+(so `script`/`error_rate` faults apply per line: "bad_answer" gives a malformed answer to repair, a
+429/500 an errored line) and recorded with path "/v1/messages/batches" or "/v1/batches". A batch
+reports "in progress" until it has been polled `batch_end_after` times (0: ended at once), never
+while `hold_batches` is set; `end_batches()` ends them all now. `batch_script` (consumed per
+batch) can make a whole batch "expire", "cancel" or (OpenAI) "fail" validation. `batches` holds
+every batch created, so tests can assert that nothing was submitted twice.
 """
 
 from __future__ import annotations
@@ -28,9 +40,12 @@ import re
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -166,8 +181,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         try:
             body = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            body = {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = {"_raw": raw}  # not JSON (a multipart file upload): handlers read the bytes
         path = self.path.split("?", 1)[0]
         for route_method, pattern, handler in fake.routes:
             match = pattern.fullmatch(path)
@@ -178,9 +193,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             reply = Reply(404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
         try:
             self.send_response(reply.status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(reply.body)))
-            for key, value in reply.headers.items():
+            headers = {"content-type": "application/json", **reply.headers}
+            headers["content-length"] = str(len(reply.body))
+            for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(reply.body)
@@ -229,6 +244,18 @@ class FakeLLM:
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.route("POST", "/v1/messages", _anthropic_messages)
         self.route("POST", "/v1/chat/completions", _openai_chat)
+        self.batches: dict[str, FakeBatch] = {}
+        self.files: dict[str, bytes] = {}
+        self.batch_end_after = 1
+        self.hold_batches = False
+        self.batch_script: list[str] = []
+        self.route("POST", "/v1/messages/batches", _anthropic_batch_create)
+        self.route("GET", "/v1/messages/batches/(?P<id>[^/]+)", _anthropic_batch_get)
+        self.route("GET", "/v1/messages/batches/(?P<id>[^/]+)/results", _anthropic_batch_results)
+        self.route("POST", "/v1/files", _openai_file_upload)
+        self.route("GET", "/v1/files/(?P<id>[^/]+)/content", _openai_file_content)
+        self.route("POST", "/v1/batches", _openai_batch_create)
+        self.route("GET", "/v1/batches/(?P<id>[^/]+)", _openai_batch_get)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -299,6 +326,34 @@ class FakeLLM:
         with self._lock:
             return sum(1 for r in self.requests if action is None or r.action == action)
 
+    # --- batches ------------------------------------------------------------------------------------
+    def end_batches(self) -> None:
+        """End every batch now (the next poll sees it ended), even while `hold_batches` is set."""
+        with self._lock:
+            for batch in self.batches.values():
+                batch.ended = True
+
+    def batch_count(self, api: str | None = None, stage: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for b in self.batches.values()
+                       if (api is None or b.api == api) and (stage is None or b.stage == stage))
+
+    def _new_batch(self, api: str, prefix: str, results: dict[str, Reply], stage: str | None) -> FakeBatch:
+        with self._lock:
+            outcome = self.batch_script.pop(0) if self.batch_script else "ok"
+            batch = FakeBatch(id=f"{prefix}{uuid.uuid4().hex[:16]}", api=api, stage=stage, results=results,
+                              outcome=outcome, created_at=time.time(), ended=self.batch_end_after <= 0
+                              and not self.hold_batches)
+            self.batches[batch.id] = batch
+            return batch
+
+    def _poll(self, batch: FakeBatch) -> bool:
+        with self._lock:
+            batch.polls += 1
+            if not batch.ended and not self.hold_batches and batch.polls >= self.batch_end_after:
+                batch.ended = True
+            return batch.ended
+
 
 def _fault(fake: FakeLLM, action: str, api: str) -> Reply | None:
     """The reply for an injected fault, or None when the request should be answered."""
@@ -352,17 +407,26 @@ def _stage_from_prompt(prompt: str) -> str | None:
     return None
 
 
-def _anthropic_messages(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
-    """Structured output by forced tool use (`tools` + `tool_choice`) or by `output_config.format`."""
+def _anthropic_key(headers: dict[str, str]) -> str | None:
     lower = {k.lower(): v for k, v in headers.items()}
+    return lower.get("x-api-key") or lower.get("authorization", "").removeprefix("Bearer ") or None
+
+
+def _anthropic_messages(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
+    return _anthropic_answer(fake, body, _anthropic_key(headers), "/v1/messages")
+
+
+def _anthropic_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> Reply:
+    """Structured output by forced tool use (`tools` + `tool_choice`) or by `output_config.format`.
+
+    Also answers each line of a batch (`path` says which, in `requests`)."""
     tools = body.get("tools") or []
     prompt = _first_user_text(body.get("messages", []))
     output_format = (body.get("output_config") or {}).get("format")
     stage = tools[0]["name"] if tools else _stage_from_prompt(prompt)
     feature = _FEATURE_RE.search(prompt)
     action = fake.next_action()
-    key = lower.get("x-api-key") or lower.get("authorization", "").removeprefix("Bearer ") or None
-    fake.record(Recorded("anthropic", "/v1/messages", stage, int(feature.group(1)) if feature else None,
+    fake.record(Recorded("anthropic", path, stage, int(feature.group(1)) if feature else None,
                          action, len(body.get("messages", [])), key, body))
     if fake.latency:
         time.sleep(fake.latency)
@@ -407,8 +471,17 @@ def _anthropic_messages(fake: FakeLLM, body: dict, headers: dict[str, str], _: r
     return Reply(200, json.dumps(message).encode())
 
 
-def _openai_chat(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
+def _openai_key(headers: dict[str, str]) -> str | None:
     lower = {k.lower(): v for k, v in headers.items()}
+    return lower.get("authorization", "").removeprefix("Bearer ") or None
+
+
+def _openai_chat(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
+    return _openai_answer(fake, body, _openai_key(headers), "/v1/chat/completions")
+
+
+def _openai_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> Reply:
+    """A chat completion; also answers each line of a batch (`path` says which, in `requests`)."""
     response_format = body.get("response_format") or {}
     schema = response_format.get("json_schema") or {}
     stage = schema.get("name")
@@ -416,9 +489,8 @@ def _openai_chat(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match
     prompt = _first_user_text(messages)
     feature = _FEATURE_RE.search(prompt)
     action = fake.next_action()
-    auth = lower.get("authorization", "")
-    fake.record(Recorded("openai", "/v1/chat/completions", stage, int(feature.group(1)) if feature else None,
-                         action, len(messages), auth.removeprefix("Bearer ") or None, body))
+    fake.record(Recorded("openai", path, stage, int(feature.group(1)) if feature else None,
+                         action, len(messages), key, body))
     if fake.latency:
         time.sleep(fake.latency)
     if response_format.get("type") != "json_schema" or schema.get("strict") is not True:
@@ -445,3 +517,218 @@ def _openai_chat(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match
         },
     }
     return Reply(200, json.dumps(completion).encode())
+
+
+# --- batch APIs ---------------------------------------------------------------------------------------
+@dataclass
+class FakeBatch:
+    id: str
+    api: str
+    stage: str | None
+    results: dict[str, Reply]  # custom_id -> the answer its request got (computed at creation)
+    outcome: str  # "ok", "expire", "cancel", "fail"
+    created_at: float
+    ended: bool = False
+    polls: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    input_file_id: str = ""
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _json(status: int, data: Any) -> Reply:
+    return Reply(status, json.dumps(data).encode())
+
+
+def _batch_stage(fake: FakeLLM, first: int) -> str | None:
+    """The stage of the lines just answered (requests recorded since index `first`), if they share one."""
+    with fake._lock:
+        stages = {r.stage for r in fake.requests[first:]}
+    return stages.pop() if len(stages) == 1 else None
+
+
+_CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _anthropic_batch_create(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
+    key = _anthropic_key(headers)
+    if not key:
+        return _error(401, "no API key (x-api-key or authorization)")
+    requests = body.get("requests") or []
+    ids = [r.get("custom_id", "") for r in requests]
+    if not requests or len(set(ids)) != len(ids) or not all(_CUSTOM_ID_RE.match(i) for i in ids):
+        return _error(400, "requests must be non-empty with unique custom_ids matching ^[a-zA-Z0-9_-]{1,64}$")
+    first = len(fake.requests)
+    results = {r["custom_id"]: _anthropic_answer(fake, r["params"], key, "/v1/messages/batches")
+               for r in requests}
+    batch = fake._new_batch("anthropic", "msgbatch_", results, _batch_stage(fake, first))
+    return _json(200, _anthropic_batch_body(fake, batch))
+
+
+def _anthropic_batch_body(fake: FakeLLM, batch: FakeBatch) -> dict[str, Any]:
+    counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    if batch.ended:
+        for reply in batch.results.values():
+            counts[_anthropic_line(batch, reply)["type"]] += 1
+    else:
+        counts["processing"] = len(batch.results)
+    return {
+        "id": batch.id, "type": "message_batch",
+        "processing_status": "ended" if batch.ended else "in_progress",
+        "request_counts": counts,
+        "created_at": _iso(batch.created_at), "expires_at": _iso(batch.created_at + 86400),
+        "ended_at": _iso(time.time()) if batch.ended else None, "archived_at": None,
+        "cancel_initiated_at": _iso(batch.created_at) if batch.outcome == "cancel" else None,
+        "results_url": f"{fake.url}/v1/messages/batches/{batch.id}/results" if batch.ended else None,
+    }
+
+
+def _anthropic_line(batch: FakeBatch, reply: Reply) -> dict[str, Any]:
+    """One request's result, as the results file gives it."""
+    if batch.outcome == "expire":
+        return {"type": "expired"}
+    if batch.outcome == "cancel":
+        return {"type": "canceled"}
+    try:
+        data = json.loads(reply.body)
+    except json.JSONDecodeError:
+        data = None
+    if reply.status == 200 and data is not None:
+        return {"type": "succeeded", "message": data}
+    if data is None or data.get("type") != "error":
+        data = {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
+    return {"type": "errored", "error": {**data, "request_id": None}}
+
+
+def _anthropic_batch_get(fake: FakeLLM, body: dict, headers: dict[str, str], match: re.Match[str]) -> Reply:
+    batch = fake.batches.get(match.group("id"))
+    if batch is None or batch.api != "anthropic":
+        return Reply(404, json.dumps({"type": "error", "error": {"type": "not_found_error",
+                                                                  "message": "batch not found"}}).encode())
+    fake._poll(batch)
+    return _json(200, _anthropic_batch_body(fake, batch))
+
+
+def _anthropic_batch_results(fake: FakeLLM, body: dict, headers: dict[str, str],
+                             match: re.Match[str]) -> Reply:
+    batch = fake.batches.get(match.group("id"))
+    if batch is None or not batch.ended:
+        return _error(404, "no results (unknown batch, or not ended)")
+    lines = [json.dumps({"custom_id": cid, "result": _anthropic_line(batch, reply)})
+             for cid, reply in batch.results.items()]
+    return Reply(200, ("\n".join(lines) + "\n").encode(), {"content-type": "application/binary"})
+
+
+def _openai_error(status: int, message: str) -> Reply:
+    return _json(status, {"error": {"message": message, "type": "invalid_request_error", "code": None}})
+
+
+def _openai_file_upload(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
+    lower = {k.lower(): v for k, v in headers.items()}
+    raw = body.get("_raw", b"")
+    form = BytesParser(policy=HTTP).parsebytes(
+        b"content-type: " + lower.get("content-type", "").encode() + b"\r\n\r\n" + raw)
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in form.iter_parts() if form.is_multipart() else ():
+        name = part.get_param("name", header="content-disposition")
+        fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"batch":
+        return _openai_error(400, "expected a multipart upload with file and purpose=batch")
+    filename, content = fields["file"]
+    file_id = f"file-{uuid.uuid4().hex[:20]}"
+    fake.files[file_id] = content
+    return _json(200, _file_body(file_id, filename or "upload.jsonl", len(content), "batch"))
+
+
+def _file_body(file_id: str, filename: str, size: int, purpose: str) -> dict[str, Any]:
+    return {"id": file_id, "object": "file", "bytes": size, "created_at": int(time.time()),
+            "filename": filename, "purpose": purpose, "status": "processed"}
+
+
+def _openai_file_content(fake: FakeLLM, body: dict, headers: dict[str, str], match: re.Match[str]) -> Reply:
+    content = fake.files.get(match.group("id"))
+    if content is None:
+        return _openai_error(404, "no such file")
+    return Reply(200, content, {"content-type": "application/octet-stream"})
+
+
+def _openai_batch_create(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match[str]) -> Reply:
+    key = _openai_key(headers)
+    content = fake.files.get(body.get("input_file_id", ""))
+    if content is None:
+        return _openai_error(400, "unknown input_file_id")
+    if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+        return _openai_error(400, "endpoint must be /v1/chat/completions and completion_window 24h")
+    lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+    ids = [line.get("custom_id") for line in lines]
+    if (not lines or len(set(ids)) != len(ids)
+            or any(x.get("method") != "POST" or x.get("url") != body["endpoint"] for x in lines)):
+        return _openai_error(400, "each line needs a unique custom_id, method POST and the batch's url")
+    first = len(fake.requests)
+    results = {x["custom_id"]: _openai_answer(fake, x["body"], key, "/v1/batches") for x in lines}
+    batch = fake._new_batch("openai", "batch_", results, _batch_stage(fake, first))
+    batch.input_file_id = body["input_file_id"]
+    return _json(200, _openai_batch_body(fake, batch))
+
+
+_OPENAI_END = {"ok": "completed", "expire": "expired", "cancel": "cancelled", "fail": "failed"}
+
+
+def _openai_batch_body(fake: FakeLLM, batch: FakeBatch) -> dict[str, Any]:
+    status = _OPENAI_END[batch.outcome] if batch.ended else "in_progress"
+    if batch.ended and batch.output_file_id is None and batch.error_file_id is None and status != "failed":
+        _openai_write_outputs(fake, batch)
+    ok = sum(1 for r in batch.results.values() if r.status == 200) if status == "completed" else 0
+    created = int(batch.created_at)
+    done = int(time.time()) if batch.ended else None
+    return {
+        "id": batch.id, "object": "batch", "endpoint": "/v1/chat/completions",
+        "input_file_id": batch.input_file_id, "completion_window": "24h", "status": status,
+        "created_at": created, "in_progress_at": created, "expires_at": created + 86400,
+        "completed_at": done if status == "completed" else None,
+        "expired_at": done if status == "expired" else None,
+        "cancelled_at": done if status == "cancelled" else None,
+        "failed_at": done if status == "failed" else None,
+        "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
+        "errors": ({"object": "list", "data": [{"code": "invalid_request", "line": 1, "param": None,
+                                               "message": "injected validation failure"}]}
+                   if status == "failed" else None),
+        "request_counts": {"total": len(batch.results), "completed": ok,
+                           "failed": len(batch.results) - ok if batch.ended else 0},
+        "metadata": None,
+    }
+
+
+def _openai_write_outputs(fake: FakeLLM, batch: FakeBatch) -> None:
+    """The output file (answered lines) and error file (failed or never-run lines) of an ended batch."""
+    out, err = [], []
+    for n, (cid, reply) in enumerate(batch.results.items()):
+        line: dict[str, Any] = {"id": f"batch_req_{batch.id}_{n}", "custom_id": cid}
+        if batch.outcome in ("expire", "cancel"):
+            code = "batch_expired" if batch.outcome == "expire" else "batch_cancelled"
+            err.append({**line, "response": None,
+                        "error": {"code": code, "message": f"This request was not executed ({code})."}})
+            continue
+        try:
+            data = json.loads(reply.body)
+        except json.JSONDecodeError:
+            data = {"error": {"message": "malformed", "type": "server_error"}}
+        line["response"] = {"status_code": reply.status, "request_id": f"req_{n}", "body": data}
+        line["error"] = None
+        (out if reply.status == 200 else err).append(line)
+    for rows, attr in ((out, "output_file_id"), (err, "error_file_id")):
+        if rows:
+            file_id = f"file-{uuid.uuid4().hex[:20]}"
+            fake.files[file_id] = ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+            setattr(batch, attr, file_id)
+
+
+def _openai_batch_get(fake: FakeLLM, body: dict, headers: dict[str, str], match: re.Match[str]) -> Reply:
+    batch = fake.batches.get(match.group("id"))
+    if batch is None or batch.api != "openai":
+        return _openai_error(404, "no such batch")
+    fake._poll(batch)
+    return _json(200, _openai_batch_body(fake, batch))

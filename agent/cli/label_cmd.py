@@ -1,10 +1,14 @@
-"""`plmlabel label SAE_ID`: explain, simulate and score features, storing every label."""
+"""`plmlabel label SAE_ID`: explain, simulate and score features, storing every label.
+
+Also the unattended forms: `--nightly` (agent/nightly.py: what is new or stale, one summary line,
+exit codes a scheduler can act on) and `--batch` (agent/batch.py: the providers' batch APIs).
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent.backends import BACKENDS
+from agent.batch import BatchSettings, BatchSummary, label_batch
 from agent.cli._common import (
     console,
     err_console,
@@ -33,7 +38,9 @@ from agent.job import (
     label,
     parse_feature_spec,
 )
-from storage.errors import JobFailedError
+from agent.nightly import EXIT_FAILED, EXIT_OK, NightlyOptions, NightlySummary, exit_code
+from agent.nightly import nightly as run_nightly
+from storage.errors import InputError, JobFailedError
 
 _FAILURES_SHOWN = 10
 
@@ -97,6 +104,9 @@ def _render_summary(summary: JobSummary) -> None:
         ("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out"),
         ("cost", _money(summary.cost_usd)),
     ]
+    if isinstance(summary, BatchSummary):
+        rows[5:5] = [("submitted", f"{summary.n_submitted} (in {summary.n_batches_submitted} batches)"),
+                     ("in flight", str(summary.n_in_flight))]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -107,7 +117,19 @@ def _render_summary(summary: JobSummary) -> None:
     console.print(summary.message, markup=False, soft_wrap=True)
 
 
-@click.command("label")
+_EXIT_CODES = """\b
+Exit codes (for schedulers):
+  0    all selected work done, or nothing to do (--batch: work in flight is fine)
+  1    some features failed (reasons stored; --nightly retries them) or the provider
+       kept failing
+  2    usage or input error (bad flags, unknown SAE, no index, missing API key)
+  3    the budget ran out with work left (the next run continues)
+  4    another job holds the workspace lock; nothing was done
+  130  interrupted (Ctrl-C or SIGTERM); everything stored stays
+"""
+
+
+@click.command("label", epilog=_EXIT_CODES)
 @click.argument("sae_id")
 @click.option("--features", "features", metavar="IDS", help="Feature ids and ranges, e.g. 0-99,120.")
 @click.option("--all", "all_", is_flag=True,
@@ -117,6 +139,17 @@ def _render_summary(summary: JobSummary) -> None:
 @click.option("--top", type=click.IntRange(min=1), metavar="N",
               help="The N live features that fire on the most proteins (ties: higher max activation).")
 @click.option("--relabel", is_flag=True, help="Label again features that already have an ok label.")
+@click.option("--nightly", is_flag=True,
+              help="Unattended run: label what is new or failed before (and stale, with --relabel-stale), "
+                   "print one summary line.")
+@click.option("--relabel-stale", is_flag=True,
+              help="With --nightly: also relabel labels made with another prompt version or model.")
+@click.option("--batch", is_flag=True,
+              help="Use the provider's batch API (half price): collect ended batches, submit new work, "
+                   "return (or --wait).")
+@click.option("--wait", is_flag=True, help="With --batch: poll until every batch is collected.")
+@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="With --batch --wait: seconds between polls (default 60).")
 @click.option("--backend", type=click.Choice(list(BACKENDS)),
               help="Default: anthropic if ANTHROPIC_API_KEY is set, else openai if OPENAI_API_KEY, "
                    "else baseline.")
@@ -128,21 +161,96 @@ def _render_summary(summary: JobSummary) -> None:
 @workspace_option
 @json_option
 def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool, top: int | None,
-                  relabel: bool, backend: str | None, model: str | None, base_url: str | None,
+                  relabel: bool, nightly: bool, relabel_stale: bool, batch: bool, wait: bool,
+                  poll_interval: float | None, backend: str | None, model: str | None, base_url: str | None,
                   concurrency: int | None, budget_usd: float | None, dry_run: bool, workspace: str | None,
                   as_json: bool) -> None:
     """Label features of SAE_ID: explain -> simulate on held-out proteins -> score -> store.
 
     Each label is stored as soon as it is done; rerunning skips features already labeled, so an
-    interrupted job loses nothing. Exit code 1 when features failed (their reasons are stored).
+    interrupted job loses nothing. Every labeling job holds the workspace lock, so two never run
+    at once.
+
+    --nightly picks the features itself (never labeled, failed before, and with --relabel-stale
+    labels of another prompt version or model) and prints one summary line; with --batch it goes
+    through the provider's batch API: each run first collects ended batches, then submits new
+    work, and returns (cron) or, with --wait, polls until all is collected.
     """
+    _check_flags(features=features, all_=all_, unlabeled=unlabeled, top=top, relabel=relabel, nightly=nightly,
+                 relabel_stale=relabel_stale, batch=batch, wait=wait, poll_interval=poll_interval,
+                 dry_run=dry_run)
     ws = open_workspace(workspace)
+    batch_settings = None
+    if batch:
+        interval = {"poll_interval_s": poll_interval} if poll_interval is not None else {}
+        batch_settings = BatchSettings(wait=wait, **interval)
+    if nightly:
+        options = NightlyOptions(sae_id=sae_id, relabel_stale=relabel_stale, backend=backend, model=model,
+                                 base_url=base_url, concurrency=concurrency, budget_usd=budget_usd,
+                                 batch=batch_settings)
+        with _progress() as (on_start, on_progress), _sigterm_interrupts():
+            summary = run_nightly(ws, options, on_start=on_start, on_progress=on_progress, on_event=_event)
+        _finish_nightly(summary, as_json)
+        return
     selection = FeatureSelection(
         features=parse_feature_spec(features) if features is not None else None,
         all=all_, unlabeled=unlabeled, top=top, relabel=relabel,
     )
-    options = LabelOptions(sae_id=sae_id, selection=selection, backend=backend, model=model,
-                           base_url=base_url, concurrency=concurrency, budget_usd=budget_usd, dry_run=dry_run)
+    label_options = LabelOptions(sae_id=sae_id, selection=selection, backend=backend, model=model,
+                                 base_url=base_url, concurrency=concurrency, budget_usd=budget_usd,
+                                 dry_run=dry_run)
+    if batch_settings is not None:
+        with _sigterm_interrupts():
+            result: JobSummary | DryRun = label_batch(ws, label_options, batch_settings, on_event=_event)
+    else:
+        with _progress() as (on_start, on_progress), _sigterm_interrupts():
+            result = label(ws, label_options, on_progress=on_progress, on_start=on_start)
+    if isinstance(result, DryRun):
+        if as_json:
+            print_json(result.model_dump())
+        else:
+            _render_dry_run(result)
+        return
+    summary = result
+    for message in summary.warnings:
+        warn(message)
+    if as_json:
+        print_json({**summary.model_dump(), "ok": summary.ok})
+    else:
+        _render_summary(summary)
+    code = exit_code(summary)
+    if code == EXIT_FAILED:
+        raise JobFailedError(
+            f"{summary.n_failed} of {summary.n_requested} features failed; {summary.message}."
+            if summary.n_failed else f"the job stopped: {summary.message}."
+        )
+    if code != EXIT_OK:
+        err_console.print(summary.message, markup=False, soft_wrap=True)
+        raise SystemExit(code)
+
+
+def _check_flags(*, features: str | None, all_: bool, unlabeled: bool, top: int | None, relabel: bool,
+                 nightly: bool, relabel_stale: bool, batch: bool, wait: bool, poll_interval: float | None,
+                 dry_run: bool) -> None:
+    """Flag combinations that make no sense: one clear usage error (exit code 2)."""
+    chosen = [name for name, given in (("--features", features is not None), ("--all", all_),
+                                       ("--unlabeled", unlabeled), ("--top", top is not None),
+                                       ("--relabel", relabel)) if given]
+    if nightly and chosen:
+        raise InputError(f"--nightly chooses the features itself; drop {', '.join(chosen)}.")
+    if nightly and dry_run:
+        raise InputError("--dry-run cannot be combined with --nightly; try --unlabeled --dry-run.")
+    if relabel_stale and not nightly:
+        raise InputError("--relabel-stale goes with --nightly (for a chosen set, use --relabel).")
+    if batch and dry_run:
+        raise InputError("--dry-run and --batch cannot be combined; drop --batch to see the prompts.")
+    if (wait or poll_interval is not None) and not batch:
+        raise InputError("--wait and --poll-interval go with --batch.")
+
+
+@contextmanager
+def _progress() -> Iterator[tuple[Callable[[JobStart], None], Callable[[ProgressEvent], None]]]:
+    """The `backend: ...` line, then a progress bar with the running cost (stderr, when a person watches)."""
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[cost]}"), TimeElapsedColumn(),
@@ -164,27 +272,31 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
             progress.update(task_id, completed=event.done, cost=_money(event.cost_usd))
 
     try:
-        with _sigterm_interrupts():
-            result = label(ws, options, on_progress=on_progress, on_start=on_start)
+        yield on_start, on_progress
     finally:
         progress.stop()
-    if isinstance(result, DryRun):
-        if as_json:
-            print_json(result.model_dump())
-        else:
-            _render_dry_run(result)
-        return
-    summary = result
+
+
+def _event(message: str) -> None:
+    err_console.print(message, markup=False, soft_wrap=True)
+
+
+def _finish_nightly(summary: NightlySummary, as_json: bool) -> None:
+    """The summary (one line, or JSON) on stdout; warnings and failures on stderr; the exit code."""
     for message in summary.warnings:
         warn(message)
+    for failure in summary.failures[:_FAILURES_SHOWN]:
+        err_console.print(f"feature {failure.feature} failed: {failure.error}", markup=False, soft_wrap=True)
+    if len(summary.failures) > _FAILURES_SHOWN:
+        err_console.print(f"... and {len(summary.failures) - _FAILURES_SHOWN} more failures")
+    if summary.status != "completed":
+        err_console.print(summary.message, markup=False, soft_wrap=True)
     if as_json:
         print_json({**summary.model_dump(), "ok": summary.ok})
     else:
-        _render_summary(summary)
-    if not summary.ok:
-        raise JobFailedError(
-            f"{summary.n_failed} of {summary.n_requested} features failed; {summary.message}."
-        )
+        click.echo(summary.line)
+    if summary.exit_code != EXIT_OK:
+        raise SystemExit(summary.exit_code)
 
 
 COMMANDS = [label_command]

@@ -54,6 +54,11 @@ class AnthropicBackend(ProviderBackend):
             api_key=key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
         )
 
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client (the batch APIs in agent/batch_api.py use it)."""
+        return self._client
+
     def build_params(self, request: LLMRequest[Any]) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": self.model,

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -34,6 +34,7 @@ import prompts
 log = logging.getLogger("plmlabel.llm")
 
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 
 ErrorKind = Literal["retry", "fatal", "fail"]
 
@@ -112,7 +113,12 @@ class LLMError(Exception):
 
 
 class ProviderError(LLMError):
-    """The provider failed: retries exhausted, or an error retrying cannot fix."""
+    """The provider failed: retries exhausted, or an error retrying cannot fix. `status`: its HTTP status."""
+
+    def __init__(self, reason: str, *, usage: Usage | None = None, fatal: bool = False,
+                 status: int | None = None) -> None:
+        super().__init__(reason, usage=usage, fatal=fatal)
+        self.status = status
 
 
 class MalformedOutputError(LLMError):
@@ -261,9 +267,11 @@ class ProviderBackend(ABC):
                                                    max=self.retry.max_wait)
         return backoff(state)
 
-    async def send(self, request: LLMRequest[Any]) -> RawReply:
-        """One request with retries; ProviderError when it cannot get an answer."""
-        params = self.build_params(request)
+    async def retrying(self, call: Callable[[], Awaitable[R]], what: str = "request") -> R:
+        """`call()` under this provider's retry policy; ProviderError when it cannot succeed.
+
+        Also what the batch APIs (agent/batch_api.py) send their calls through.
+        """
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(lambda e: self.classify(e) == "retry"),
             stop=tenacity.stop_after_attempt(self.retry.max_attempts),
@@ -273,37 +281,52 @@ class ProviderBackend(ABC):
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self.call(params)
+                    return await call()
         except Exception as exc:
             kind = self.classify(exc)
             if kind is None:
                 raise
             status = getattr(exc, "status_code", None)
-            what = f"HTTP {status}" if status else type(exc).__name__
+            how = f"HTTP {status}" if status else type(exc).__name__
             detail = str(exc).splitlines()[0][:200] if str(exc) else ""
             gave_up = f" after {self.retry.max_attempts} attempts" if kind == "retry" else ""
             raise ProviderError(
-                f"{self.name} request failed{gave_up}: {what}" + (f" ({detail})" if detail else ""),
-                fatal=kind == "fatal",
+                f"{self.name} {what} failed{gave_up}: {how}" + (f" ({detail})" if detail else ""),
+                fatal=kind == "fatal", status=status,
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, request: LLMRequest[Any]) -> RawReply:
+        """One request with retries; ProviderError when it cannot get an answer."""
+        params = self.build_params(request)
+        return await self.retrying(lambda: self.call(params))
 
     async def generate(self, request: LLMRequest[T]) -> LLMResult[T]:
         """Ask, parse; on a malformed answer send the error back once, then give up."""
         reply = await self._send_counted(request, Usage())
-        usage = reply.usage
         try:
-            return LLMResult(parse_output(reply.text, request), usage, reply.model)
+            return LLMResult(parse_output(reply.text, request), reply.usage, reply.model)
         except ValueError as exc:
             first_error = str(exc)
-        log.info("malformed answer from %s, repairing: %s", self.model, first_error)
-        repair = prompts.load("repair").render("user", error=first_error)
+        return await self.repair(request, reply, first_error, spent=reply.usage)
+
+    async def repair(
+        self, request: LLMRequest[T], reply: RawReply, error: str, *, spent: Usage | None = None
+    ) -> LLMResult[T]:
+        """The one repair attempt for a malformed `reply`: the error goes back to the model in a new call.
+
+        `reply` may come from a call or from a batch's results. The result's usage is `spent` plus
+        the repair call's; MalformedOutputError when the repaired answer fails too.
+        """
+        spent = spent or Usage()
+        log.info("malformed answer from %s, repairing: %s", self.model, error)
+        repair = prompts.load("repair").render("user", error=error)
         turns = (Message("assistant", reply.text or "(empty)"), Message("user", repair))
         retry_request = replace(request, messages=(*request.messages, *turns))
-        reply = await self._send_counted(retry_request, usage)
-        usage = usage + reply.usage
+        answer = await self._send_counted(retry_request, spent)
+        usage = spent + answer.usage
         try:
-            return LLMResult(parse_output(reply.text, request), usage, reply.model, repaired=True)
+            return LLMResult(parse_output(answer.text, request), usage, answer.model, repaired=True)
         except ValueError as exc:
             reason = f"malformed answer after one repair attempt: {exc}"
             raise MalformedOutputError(reason, usage=usage) from exc

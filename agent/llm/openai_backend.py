@@ -46,6 +46,11 @@ class OpenAIBackend(ProviderBackend):
             api_key=key or _NO_KEY_PLACEHOLDER, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
         )
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client (the batch APIs in agent/batch_api.py use it)."""
+        return self._client
+
     def build_params(self, request: LLMRequest[Any]) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system}]
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
