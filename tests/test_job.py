@@ -124,8 +124,8 @@ def test_planted_features_labeled_through_the_real_sdks(db, planted, keys, fake,
 
 @pytest.mark.parametrize("name", ["anthropic", "openai"])
 def test_with_twenty_percent_errors_every_feature_ends_labeled_or_failed_with_reason(db, planted, keys, name):
-    with FakeLLM(error_rate=0.2, seed=7, timeout_sleep=0.5) as fake:
-        summary = run(db, [fe for _, fe in planted], llm_labeler(name, fake, timeout_s=0.3),
+    with FakeLLM(error_rate=0.2, seed=7, timeout_sleep=1.5) as fake:
+        summary = run(db, [fe for _, fe in planted], llm_labeler(name, fake, timeout_s=1.0),
                       max_consecutive_failures=50)
         assert fake.count("ok") < fake.count()  # faults were injected
     stored = list_labels(db, "planted")

@@ -50,7 +50,7 @@ def request(check=None) -> LLMRequest[Answer]:
 
 @pytest.fixture
 def fake():
-    with FakeLLM(timeout_sleep=0.6) as server:
+    with FakeLLM(timeout_sleep=1.5) as server:
         yield server
 
 
@@ -203,7 +203,7 @@ def test_openai_request_uses_strict_json_schema(fake, keys):
 @pytest.mark.parametrize("name", PROVIDER_NAMES)
 def test_transient_errors_are_retried(name, fake, keys):
     fake.script = ["429", "500", "529", "timeout", "malformed_body"]
-    result = generate(backend(name, fake, timeout_s=0.3), request())
+    result = generate(backend(name, fake, timeout_s=1.0), request())
     assert result.parsed.label == "Zinc finger C2H2-type"
     assert [r.action for r in fake.requests] == ["429", "500", "529", "timeout", "malformed_body", "ok"]
 
