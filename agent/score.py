@@ -10,6 +10,11 @@ simulator uses is ordinal at heart, and a monotone but non-linear prediction sho
 Constant vectors: a correlation with a vector that does not vary is undefined (0/0). We return
 None, not 0.0, so that "no variation to explain" is never confused with "explained nothing"; a None
 score is stored as NULL and is never validated.
+
+Spread: a dense feature can fire at almost the same strength on every held-out protein (normalised
+actuals 0.97..0.98, say). Pearson r is then defined but measures noise, so a label is validated only
+when the actuals span at least `min_spread` of the normalised 0..1 range (default 0.2); r is still
+stored for the record.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_HELDOUT = 10
+DEFAULT_MIN_SPREAD = 0.2  # of the normalised 0..1 activation range
 
 
 def _pair(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +96,12 @@ def score(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     min_heldout: int = DEFAULT_MIN_HELDOUT,
+    min_spread: float = DEFAULT_MIN_SPREAD,
 ) -> Score:
-    """Score predictions against actual activations (any scale: correlations are scale-free)."""
+    """Score predictions against normalised (0..1) actual activations; see the module doc on spread."""
     r = pearson(predicted, actual)
     rho = spearman(predicted, actual)
     n = len(predicted)
-    return Score(r, rho, n, is_validated(r, n, threshold=threshold, min_heldout=min_heldout))
+    spread = float(np.ptp(np.asarray(actual, dtype=np.float64))) if n else 0.0
+    validated = spread >= min_spread and is_validated(r, n, threshold=threshold, min_heldout=min_heldout)
+    return Score(r, rho, n, validated)

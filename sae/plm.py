@@ -127,7 +127,8 @@ def _load_file(path: Path) -> dict:
                 f"{path} pickles {refused.group(1)}, which plmlabel will not unpickle (it loads checkpoints "
                 "with weights_only=True); save the checkpoint with plain values and an argparse.Namespace."
             ) from exc
-        raise InputError(f"{path} is not a readable fair-esm checkpoint ({_short(exc)}).") from exc
+        # not torch's own advice: it suggests weights_only=False, which would run any code in the file
+        raise InputError(f"{path} is not a readable fair-esm checkpoint ({type(exc).__name__}).") from exc
     if not isinstance(data, dict) or "model" not in data:
         raise InputError(f"{path} is not a fair-esm checkpoint (expected a dict with 'model' and 'cfg').")
     return data

@@ -47,9 +47,28 @@ def _from_row(row: dict[str, Any]) -> SaeRecord:
     return SaeRecord.model_validate(data)
 
 
+# What was derived from an SAE's weights, in the order it must be deleted (predictions hang off labels).
+_DERIVED = (
+    ("predictions", "label_id in (select id from labels where sae_id = ?)"),
+    ("labels", "sae_id = ?"),
+    ("feature_concepts", "sae_id = ?"),
+    ("sae_features", "sae_id = ?"),
+    ("batches", "sae_id = ?"),
+)
+
+
 def record_sae(db: Database, record: SaeRecord) -> None:
-    """Insert or replace the row of `record.sae_id`."""
+    """Insert or replace the row of `record.sae_id`.
+
+    When the row is replaced by other weights, everything derived from the old weights (labels with
+    their predictions, feature statistics, concept scores, batches in flight) is deleted in the same
+    transaction: it would otherwise be shown as describing features it never saw.
+    """
     with db.transaction():
+        old = db.query("select weights_hash from saes where sae_id = ?", (record.sae_id,))
+        if old and old[0]["weights_hash"] != record.weights_hash:
+            for table, where in _DERIVED:
+                db.execute(f"delete from {table} where {where}", (record.sae_id,))
         db.table("saes").upsert(_to_row(record), pk="sae_id")
 
 

@@ -55,3 +55,15 @@ def test_light_commands_do_not_import_torch(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_user_text_is_never_read_as_rich_markup(tmp_path, cli):
+    """Paths, ids and Swiss-Prot/LLM text go through the consoles verbatim, never as markup."""
+    odd = tmp_path / "runs[bold]x"
+    result = cli("init", "--workspace", odd)
+    assert result.exit_code == 0, result.stderr
+    assert "runs[bold]x" in result.stdout
+    shown = cli("swissprot", "show", "[/x]", "--workspace", odd)
+    assert shown.exit_code == 2
+    assert shown.stderr.startswith("error: ") and "[/x]" in shown.stderr
+    assert "Traceback" not in shown.stderr

@@ -212,3 +212,28 @@ def test_saes_table_records_gets_lists_and_stores_metrics():
     assert get_sae(db, "a").metrics == {"fve": 0.9, "loss_recovered": None}
     with pytest.raises(NotFoundError):
         set_sae_metrics(db, "zz", {})
+
+
+def test_replacing_an_sae_with_other_weights_drops_what_described_the_old_ones(tmp_path):
+    """`--force` with new weights must not leave old labels presented as the new SAE's."""
+    from sae.model import install_and_record
+    from storage.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ws.init()
+    install_and_record(ws, "s1", create_sae("topk", 8, 16, k=2), source="trained")
+    with ws.db() as db:
+        db.table("sae_features").insert({"sae_id": "s1", "feature": 0, "max_activation": 1.0})
+        label_id = db.table("labels").insert({"sae_id": "s1", "feature": 0, "status": "ok",
+                                              "label": "old", "description": "old weights"}).last_pk
+        db.table("predictions").insert({"label_id": label_id, "accession": "P1", "predicted": 1.0})
+    first = load_sae(ws.sae_dir("s1"))
+    install_and_record(ws, "s1", first, source="trained")  # the same weights again: labels stay
+    with ws.db() as db:
+        assert db.table("labels").count == 1
+    record = install_and_record(ws, "s1", create_sae("topk", 8, 16, k=2), source="trained")
+    with ws.db() as db:
+        assert record.weights_hash == db.query("select weights_hash from saes")[0]["weights_hash"]
+        for table in ("labels", "predictions", "sae_features"):
+            assert db.table(table).count == 0, table
+        assert db.query("select count(*) as n from labels_fts where labels_fts match 'old'")[0]["n"] == 0

@@ -71,3 +71,14 @@ def test_score_bundles_everything():
     assert result.validated
     constant = score([3] * 12, [0, 1] * 6)
     assert constant.pearson is None and not constant.validated
+
+
+def test_a_feature_firing_alike_on_every_heldout_protein_is_not_validated():
+    """Actuals 0.97..0.98: r is defined (and stored) but measures noise, so it never validates."""
+    actual = [0.97 + 0.0005 * i for i in range(20)]
+    predicted = [9.0 + 0.05 * i for i in range(20)]
+    result = score(predicted, actual)
+    assert result.pearson == pytest.approx(1.0)
+    assert not result.validated
+    spread_out = [0.05 * i for i in range(20)]
+    assert score(predicted, spread_out).validated

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 import click
+from rich.markup import escape
 
 from agent.cli._common import err_console
 from storage.errors import PlmlabelError
@@ -60,22 +61,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="plmlabel", standalone_mode=False)
     except PlmlabelError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        err_console.print("[red]aborted[/red]")
+        err_console.print("[red]aborted[/red]", markup=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/red]")
+        err_console.print("[red]interrupted[/red]", markup=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
-        err_console.print(f"[red]error:[/red] {exc.strerror or exc}{where}", soft_wrap=True)
+        message = escape(f"{exc.strerror or exc}{where}")
+        err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, markup=True)
         sys.exit(1)
     else:
         sys.exit(0)

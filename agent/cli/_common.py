@@ -9,13 +9,16 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from storage.workspace import WORKSPACE_ENV, Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Markup is off: data (paths, Swiss-Prot text, LLM labels) printed or put in a table cell is never
+# read as rich markup. A styled line opts in with markup=True and escapes what it interpolates.
+console = Console(highlight=False, markup=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 def workspace_option(func: F) -> F:
@@ -47,7 +50,7 @@ def print_json(data: Any) -> None:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True, markup=True)
 
 
 def progress_enabled() -> bool:

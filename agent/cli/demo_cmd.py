@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from agent.cli._common import console, err_console, json_option, print_json, progress_enabled, warn
 from agent.demo import DemoSettings, DemoSummary, run_demo
@@ -21,7 +23,8 @@ class _RichReporter:
     def stage(self, name: str, detail: str = "") -> None:
         if self._task is not None:
             self._progress.update(self._task, visible=False)
-        err_console.print(f"[bold cyan]{name}[/bold cyan] {detail}", highlight=False)
+        err_console.print(f"[bold cyan]{escape(name)}[/bold cyan] {escape(detail)}", highlight=False,
+                          markup=True)
         self._task = self._progress.add_task(name, total=None, text="")
 
     def progress(self, done: int, total: int | None, text: str = "") -> None:
@@ -36,12 +39,13 @@ def _render(summary: DemoSummary) -> None:
     plm = summary.plm_model
     if summary.plm_random:
         plm += " (RANDOM WEIGHTS: smoke test only)"
-    console.print(f"\n[bold]plmlabel demo[/bold] in {summary.workspace}", highlight=False)
+    console.print(f"\n[bold]plmlabel demo[/bold] in {escape(summary.workspace)}", markup=True)
     console.print(f"  {summary.n_proteins} proteins, {summary.n_residues:,} residues embedded with {plm}, "
                   f"layer {summary.layer}", highlight=False, soft_wrap=True)
-    console.print(f"  SAE {summary.sae_id}: {summary.n_features_alive} live features; "
-                  f"{summary.n_concepts_f1_above} Swiss-Prot concepts with test F1 > 0.5 "
-                  f"(in {summary.n_features_f1_above} features)", highlight=False, soft_wrap=True)
+    console.print(f"  SAE {summary.sae_id}: {summary.n_features_alive} live features; Swiss-Prot concepts: "
+                  f"{summary.n_concepts_f1_above} found by their best feature at test F1 > 0.5, "
+                  f"{summary.n_features_f1_above} features at test F1 > 0.5 on some concept",
+                  highlight=False, soft_wrap=True)
     cost = "n/a" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
     console.print(f"  labeled {summary.n_labeled} features with {summary.backend} ({summary.label_model}): "
                   f"{summary.n_validated} validated, cost {cost}", highlight=False, soft_wrap=True)
@@ -54,13 +58,13 @@ def _render(summary: DemoSummary) -> None:
     table.add_column("validated")
     for row in summary.best:
         r = "-" if row.pearson is None else f"{row.pearson:.2f}"
-        table.add_row(str(row.feature), row.label, r, "yes" if row.validated else "no")
+        table.add_row(str(row.feature), Text(row.label), r, "yes" if row.validated else "no")
     console.print(table)
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in summary.seconds.items())
     console.print(f"  time: {timing}", highlight=False)
-    console.print(f"\nOpen the viewer: [bold]{summary.viewer}[/bold]", highlight=False, soft_wrap=True)
+    console.print(f"\nOpen the viewer: [bold]{escape(summary.viewer)}[/bold]", soft_wrap=True, markup=True)
     console.print(f"Look a label up: plmlabel query zinc --workspace {summary.workspace}",
-                  highlight=False, soft_wrap=True, markup=False)
+                  highlight=False, soft_wrap=True)
 
 
 @click.command()

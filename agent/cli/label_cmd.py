@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -73,12 +74,12 @@ def _render_dry_run(report: DryRun) -> None:
             console.rule(f"feature {feature.feature}: {request.stage} "
                          f"(~{request.input_tokens:,} tokens in, ~{request.output_tokens:,} out)")
             if request.system in shown_system:
-                console.print("[dim](system prompt as above)[/dim]")
+                console.print("[dim](system prompt as above)[/dim]", markup=True)
             else:
                 shown_system.add(request.system)
-                console.print("[bold]system:[/bold]")
+                console.print("[bold]system:[/bold]", markup=True)
                 console.print(request.system, markup=False, soft_wrap=True)
-            console.print("[bold]user:[/bold]")
+            console.print("[bold]user:[/bold]", markup=True)
             console.print(request.user, markup=False, soft_wrap=True)
     console.rule()
     console.print(
@@ -87,7 +88,9 @@ def _render_dry_run(report: DryRun) -> None:
         f"~{report.output_tokens:,} output tokens, estimated cost {_money(report.cost_usd)}. "
         "Nothing was sent.", soft_wrap=True,
     )
-    console.print(f"[dim]{report.note}[/dim]", soft_wrap=True)
+    console.print(f"[dim]{escape(report.note)}[/dim]", soft_wrap=True, markup=True)
+    if report.n_skipped and not report.features:
+        console.print("Add --relabel to see the prompts of features that already have a label.")
 
 
 def _render_summary(summary: JobSummary) -> None:

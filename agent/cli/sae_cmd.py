@@ -62,7 +62,8 @@ layer_option = click.option("--layer", type=click.IntRange(min=0), default=None,
 @layer_option
 @click.option("--k", type=click.IntRange(min=1), default=None,
               help="InterProt only: k when the file name does not say it.")
-@click.option("--force", is_flag=True, help="Replace an SAE of the same name.")
+@click.option("--force", is_flag=True, help="Replace an SAE of the same name (its labels and concept "
+              "scores are deleted, they describe the old weights; rebuild its index).")
 @json_option
 def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str | None, layer: int | None,
             k: int | None, force: bool, as_json: bool) -> None:
@@ -101,7 +102,8 @@ def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str 
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Steps between checkpoints (0: only when interrupted).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted training of this name.")
-@click.option("--force", is_flag=True, help="Replace an SAE (or unfinished training) of this name.")
+@click.option("--force", is_flag=True, help="Replace an SAE (or unfinished training) of this name (its "
+              "labels and concept scores are deleted, they describe the old weights; rebuild its index).")
 @json_option
 def train(workspace: str | None, sae_id: str, model: str | None, layer: int | None, architecture: str,
           d_sae: int, k: int | None, l1: float | None, l0: float | None, tokens: int, batch_size: int,

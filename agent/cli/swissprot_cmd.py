@@ -7,6 +7,7 @@ from types import TracebackType
 
 import click
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -44,7 +45,8 @@ class _Reporter:
         self._done: dict[int, str] = {}
 
     def record_error(self, error: RecordError) -> None:
-        err_console.print(f"[yellow]skipped:[/yellow] {error}", soft_wrap=True, markup=True, highlight=False)
+        err_console.print(f"[yellow]skipped:[/yellow] {escape(str(error))}", soft_wrap=True, highlight=False,
+                          markup=True)
 
     def warning(self, message: str) -> None:
         self.warnings += 1
