@@ -61,6 +61,8 @@ from agent.job import (
     JobSummary,
     LabelOptions,
     LoadExamples,
+    RunTally,
+    add_cost,
     build_record,
     estimate_cost,
     labeling_lock,
@@ -135,29 +137,13 @@ def _failed(pending: PendingRequest, error: str, usage: Usage | None = None, cos
     return outcome, pending.prompt_versions
 
 
-def _add(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a + b
-
-
 @dataclass
-class _Tally:
-    labeled: int = 0
-    validated: int = 0
-    failed: int = 0
+class _Tally(RunTally):
     submitted: int = 0
-    not_started: int = 0
     batches_submitted: int = 0
     batches_collected: int = 0
-    usage: Usage = field(default_factory=Usage)
-    cost: float | None = 0.0
-    failures: list[FeatureFailure] = field(default_factory=list)
     stored: set[int] = field(default_factory=set)  # features whose label (or failure) this run stored
     warnings: dict[str, None] = field(default_factory=dict)  # ordered, without repeats
-    stop: tuple[RunStatus, str] | None = None
-
-    def spend(self, usage: Usage, cost: float | None) -> None:
-        self.usage = self.usage + usage
-        self.cost = _add(self.cost, cost)
 
 
 class _BatchJob:
@@ -269,8 +255,9 @@ class _BatchJob:
         try:
             repaired = await self.llm.repair(request, reply, first_error)
         except LLMError as exc:
-            return None, usage + exc.usage, _add(cost, self.labeler.cost(exc.usage)), exc.reason, exc.fatal
-        cost = _add(cost, self.labeler.cost(repaired.usage))
+            total = add_cost(cost, self.labeler.cost(exc.usage))
+            return None, usage + exc.usage, total, exc.reason, exc.fatal
+        cost = add_cost(cost, self.labeler.cost(repaired.usage))
         return repaired.parsed, usage + repaired.usage, cost, None, False
 
     async def _collect_explain(self, row: BatchRow, results: dict[str, LineResult],
@@ -346,7 +333,7 @@ class _BatchJob:
             parsed, usage, cost, error, fatal = await self._answer(
                 item, build_simulate_request(explanation, examples.heldout))
             spent.append((usage, cost))
-            total_usage, total_cost = before_usage + usage, _add(before_cost, cost)
+            total_usage, total_cost = before_usage + usage, add_cost(before_cost, cost)
             if error is not None:
                 finished.append(_failed(pending, error, total_usage, total_cost, fatal))
                 continue

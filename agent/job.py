@@ -354,18 +354,33 @@ def estimate_cost(model: str, examples: FeatureExamples, *, batch: bool = False)
     return total
 
 
+def add_cost(a: float | None, b: float | None) -> float | None:
+    """Costs add up; one unknown (unpriced) part makes the total unknown."""
+    return None if a is None or b is None else a + b
+
+
 @dataclass
-class _Tally:
+class RunTally:
+    """What one labeling run has done so far (the synchronous job and the batch job share it)."""
+
     labeled: int = 0
     validated: int = 0
     failed: int = 0
     not_started: int = 0
-    done: int = 0
     usage: Usage = field(default_factory=Usage)
     cost: float | None = 0.0
-    consecutive_failures: int = 0
     failures: list[FeatureFailure] = field(default_factory=list)
     stop: tuple[RunStatus, str] | None = None
+
+    def spend(self, usage: Usage, cost: float | None) -> None:
+        self.usage = self.usage + usage
+        self.cost = add_cost(self.cost, cost)
+
+
+@dataclass
+class _Tally(RunTally):
+    done: int = 0
+    consecutive_failures: int = 0
 
 
 async def run_job(
@@ -404,9 +419,7 @@ async def run_job(
         budget.settle(estimate, outcome.cost_usd)
         record = _record(outcome, sae_id, labeler, run_id)
         tally.done += 1
-        tally.usage = tally.usage + outcome.usage
-        if tally.cost is not None:
-            tally.cost = None if outcome.cost_usd is None else tally.cost + outcome.cost_usd
+        tally.spend(outcome.usage, outcome.cost_usd)
         if outcome.ok:
             save_label(db, record, outcome.predictions)
             tally.labeled += 1
