@@ -80,7 +80,6 @@ from storage.labels import (
     RunRecord,
     RunStatus,
     close_batch,
-    finish_run,
     in_flight_features,
     new_run_id,
     open_batches,
@@ -524,18 +523,13 @@ async def run_batch_job(
     finally:
         n_in_flight = len(in_flight_features(db, sae_id))
         message = _message(status, tally, n_in_flight)
-        finish_run(db, run_id, status=status, n_labeled=tally.labeled, n_failed=tally.failed,
-                   n_skipped=n_skipped, input_tokens=tally.usage.total_input,
-                   output_tokens=tally.usage.output_tokens, cost_usd=tally.cost, message=message)
+        tally.finish(db, run_id, status, n_skipped=n_skipped, message=message)
         with suppress(Exception):
             await labeler.aclose()
     return BatchSummary(
         run_id=run_id, sae_id=sae_id, status=status, backend=labeler.name, model=labeler.model,
-        backend_reason=backend_reason, n_requested=len(features), n_labeled=tally.labeled,
-        n_validated=tally.validated, n_failed=tally.failed, n_skipped=n_skipped,
-        n_not_started=tally.not_started, input_tokens=tally.usage.total_input,
-        output_tokens=tally.usage.output_tokens, cost_usd=tally.cost, message=message,
-        failures=tally.failures, warnings=list(tally.warnings), n_submitted=tally.submitted,
+        backend_reason=backend_reason, n_requested=len(features), n_skipped=n_skipped, message=message,
+        warnings=list(tally.warnings), **tally.summary_fields(), n_submitted=tally.submitted,
         n_in_flight=n_in_flight, n_batches_submitted=tally.batches_submitted,
         n_batches_collected=tally.batches_collected,
     )

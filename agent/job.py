@@ -376,6 +376,20 @@ class RunTally:
         self.usage = self.usage + usage
         self.cost = add_cost(self.cost, cost)
 
+    def finish(self, db: Database, run_id: str, status: RunStatus, *, n_skipped: int, message: str) -> None:
+        """Close the run's row with what this tally counted."""
+        finish_run(db, run_id, status=status, n_labeled=self.labeled, n_failed=self.failed,
+                   n_skipped=n_skipped, input_tokens=self.usage.total_input,
+                   output_tokens=self.usage.output_tokens, cost_usd=self.cost, message=message)
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The counters of a JobSummary (or its batch subclass)."""
+        return {
+            "n_labeled": self.labeled, "n_validated": self.validated, "n_failed": self.failed,
+            "n_not_started": self.not_started, "input_tokens": self.usage.total_input,
+            "output_tokens": self.usage.output_tokens, "cost_usd": self.cost, "failures": self.failures,
+        }
+
 
 @dataclass
 class _Tally(RunTally):
@@ -495,17 +509,12 @@ async def run_job(
         raise
     finally:
         message = _message(status, tally, len(features))
-        finish_run(db, run_id, status=status, n_labeled=tally.labeled, n_failed=tally.failed,
-                   n_skipped=n_skipped, input_tokens=tally.usage.total_input,
-                   output_tokens=tally.usage.output_tokens, cost_usd=tally.cost, message=message)
+        tally.finish(db, run_id, status, n_skipped=n_skipped, message=message)
         await labeler.aclose()
     return JobSummary(
         run_id=run_id, sae_id=sae_id, status=status, backend=labeler.name, model=labeler.model,
-        backend_reason=backend_reason, n_requested=len(features), n_labeled=tally.labeled,
-        n_validated=tally.validated, n_failed=tally.failed, n_skipped=n_skipped,
-        n_not_started=tally.not_started, input_tokens=tally.usage.total_input,
-        output_tokens=tally.usage.output_tokens, cost_usd=tally.cost, message=message,
-        failures=tally.failures, warnings=warnings,
+        backend_reason=backend_reason, n_requested=len(features), n_skipped=n_skipped, message=message,
+        warnings=warnings, **tally.summary_fields(),
     )
 
 

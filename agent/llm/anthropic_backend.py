@@ -17,7 +17,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, strict_schema
+from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, status_kind, strict_schema
 from storage.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 StructuredMode = Literal["auto", "json_schema", "tool"]
 
-_FATAL_STATUS = {401, 403, 404}  # bad key, no access, unknown model: no other request will fare better
 # Models from before structured outputs: they get forced tool use.
 _TOOL_MODE_PREFIXES = ("claude-3", "claude-2", "claude-instant", "claude-opus-4-0", "claude-opus-4-2025",
                        "claude-sonnet-4-0", "claude-sonnet-4-2025")
@@ -109,10 +108,7 @@ class AnthropicBackend(ProviderBackend):
         if isinstance(exc, anthropic.APIConnectionError):  # includes timeouts
             return "retry"
         if isinstance(exc, anthropic.APIStatusError):
-            status = exc.status_code
-            if status in (408, 409, 429) or status >= 500:
-                return "retry"
-            return "fatal" if status in _FATAL_STATUS else "fail"
+            return status_kind(exc.status_code)
         if isinstance(exc, anthropic.APIError | json.JSONDecodeError):
             return "retry"  # a garbled response body: transient
         return None

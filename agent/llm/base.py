@@ -37,6 +37,14 @@ T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
 
 ErrorKind = Literal["retry", "fatal", "fail"]
+FATAL_STATUS = frozenset({401, 403, 404})  # bad key, no access, unknown model: no other request fares better
+
+
+def status_kind(status: int) -> ErrorKind:
+    """What an HTTP error status from a provider means for the request (both providers agree)."""
+    if status in (408, 409, 429) or status >= 500:
+        return "retry"
+    return "fatal" if status in FATAL_STATUS else "fail"
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,12 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, strict_schema
+from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, status_kind, strict_schema
 from storage.errors import ConfigError
 
 if TYPE_CHECKING:
     import openai
 
-_FATAL_STATUS = {401, 403, 404}
 _NO_KEY_PLACEHOLDER = "no-key"
 # Reasoning models accept only the default temperature, and their reasoning counts towards the cap.
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5", "gpt-6")
@@ -102,10 +101,7 @@ class OpenAIBackend(ProviderBackend):
         if isinstance(exc, openai.APIConnectionError):  # includes timeouts
             return "retry"
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            if status in (408, 409, 429) or status >= 500:
-                return "retry"
-            return "fatal" if status in _FATAL_STATUS else "fail"
+            return status_kind(exc.status_code)
         if isinstance(exc, openai.APIError | json.JSONDecodeError | ValueError):
             return "retry"  # a garbled response body: transient
         return None

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from sae.architectures.topk import auxk_loss
+from sae.architectures.topk import topk_training_step
 from sae.model import SAE, SAEConfig, TrainContext, TrainStep
 
 
@@ -56,14 +56,7 @@ class BatchTopKSAE(SAE):
         return torch.relu(hidden_pre) * (hidden_pre > self.threshold.to(hidden_pre.dtype))
 
     def training_step(self, xn: torch.Tensor, ctx: TrainContext) -> TrainStep:
-        hidden_pre = self.pre_activation(xn)
-        feats = batch_topk_activation(hidden_pre, self.k)
-        recon = self.decode_normalized(feats)
-        mse = self.mse(recon, xn)
-        aux = auxk_loss(self, xn, recon, hidden_pre, ctx.dead_mask)
-        loss = mse + ctx.aux_k_coefficient * aux
-        return TrainStep(loss=loss, recon=recon, feats=feats,
-                         parts={"mse": float(mse.detach()), "auxk": float(aux.detach())})
+        return topk_training_step(self, xn, ctx, lambda hidden_pre: batch_topk_activation(hidden_pre, self.k))
 
     @torch.no_grad()
     def after_step(self, step: TrainStep) -> None:

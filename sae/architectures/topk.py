@@ -7,6 +7,7 @@ residual, which gives dead latents a gradient again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -54,6 +55,19 @@ def auxk_loss(sae: SAE, xn: torch.Tensor, recon: torch.Tensor, hidden_pre: torch
     return scale * (aux_feats @ sae.W_dec - residual).pow(2).sum(dim=-1).mean()
 
 
+def topk_training_step(sae: SAE, xn: torch.Tensor, ctx: TrainContext,
+                       activate: Callable[[torch.Tensor], torch.Tensor]) -> TrainStep:
+    """MSE plus the AuxK dead-latent loss, shared by TopK and BatchTopK (which differ in `activate`)."""
+    hidden_pre = sae.pre_activation(xn)
+    feats = activate(hidden_pre)
+    recon = sae.decode_normalized(feats)
+    mse = sae.mse(recon, xn)
+    aux = auxk_loss(sae, xn, recon, hidden_pre, ctx.dead_mask)
+    loss = mse + ctx.aux_k_coefficient * aux
+    return TrainStep(loss=loss, recon=recon, feats=feats,
+                     parts={"mse": float(mse.detach()), "auxk": float(aux.detach())})
+
+
 class TopKSAE(SAE):
     config_class = TopKConfig
 
@@ -66,11 +80,4 @@ class TopKSAE(SAE):
         return topk_activation(hidden_pre, self.k)
 
     def training_step(self, xn: torch.Tensor, ctx: TrainContext) -> TrainStep:
-        hidden_pre = self.pre_activation(xn)
-        feats = topk_activation(hidden_pre, self.k)
-        recon = self.decode_normalized(feats)
-        mse = self.mse(recon, xn)
-        aux = auxk_loss(self, xn, recon, hidden_pre, ctx.dead_mask)
-        loss = mse + ctx.aux_k_coefficient * aux
-        return TrainStep(loss=loss, recon=recon, feats=feats,
-                         parts={"mse": float(mse.detach()), "auxk": float(aux.detach())})
+        return topk_training_step(self, xn, ctx, lambda hidden_pre: topk_activation(hidden_pre, self.k))
