@@ -21,7 +21,7 @@ import sqlite_utils
 
 from storage.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> str:
@@ -206,7 +206,32 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["batches"].create_index(["sae_id", "status"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_suggestions(db: sqlite_utils.Database) -> None:
+    """Missing-annotation suggestions (`plmlabel suggest`); never touches the Swiss-Prot tables."""
+    if db["suggestions"].exists():
+        return
+    db["suggestions"].create(
+        {
+            "sae_id": str,
+            "feature": int,
+            "accession": str,
+            "concept": str,
+            "kind": str,  # "region" or "residue"
+            "residues": str,  # JSON list of [start, end] (1-based, inclusive)
+            "activation": float,  # raw per-protein max
+            "normalized": float,  # activation / the feature's max over the index
+            "evidence": str,  # JSON: precision/recall/F1 (test), threshold, label and its score
+            "rank_score": float,
+            "created_at": str,
+        },
+        pk=("sae_id", "feature", "accession", "concept"),
+        foreign_keys=[("sae_id", "saes", "sae_id")],
+    )
+    db["suggestions"].create_index(["sae_id", "rank_score"])
+    db["suggestions"].create_index(["accession"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_suggestions]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

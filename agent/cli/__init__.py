@@ -30,6 +30,8 @@ COMMAND_MODULES: dict[str, str] = {
     "show": "agent.cli.query_cmd",
     "export": "agent.cli.export_cmd",
     "demo": "agent.cli.demo_cmd",
+    "suggest": "agent.cli.suggest_cmd",
+    "steer": "agent.cli.steer_cmd",
 }
 
 
