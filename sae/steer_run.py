@@ -86,8 +86,8 @@ def _top(delta: np.ndarray, n: int, reverse: bool) -> list[tuple[str, float]]:
 
 def steer_loaded(plm: Any, sae: Any, layer: int, feature: int, sequence: str, *, clamp: Clamp,
                  feature_max: float | None = None, positions: str | list[int] | None = None,
-                 n_samples: int = 0, sweeps: int = 1, mask_fraction: float = 0.1, temperature: float = 1.0, seed: int = 0,
-                 sae_id: str | None = None, accession: str | None = None) -> SteerReport:
+                 n_samples: int = 0, sweeps: int = 1, mask_fraction: float = 0.1, temperature: float = 1.0,
+                 seed: int = 0, sae_id: str | None = None, accession: str | None = None) -> SteerReport:
     from sae.plm import check_sequence
 
     model, alphabet = plm.model, plm.alphabet
