@@ -165,10 +165,19 @@ def suggest(workspace: Workspace, sae_id: str, *, features: Sequence[int] | None
 
 
 def _carries(protein: Protein | None, concept: str) -> bool:
-    """Whether Swiss-Prot annotates `concept` anywhere on the protein (an unknown one counts as carrying)."""
+    """Whether Swiss-Prot annotates `concept` on the protein (an unknown protein counts as carrying).
+
+    A subtyped concept ("Transmembrane: Helical") counts as carried by a feature of its type with no
+    subtype given: Swiss-Prot left the subtype open, it did not say the protein lacks it.
+    """
     if protein is None:
         return True
-    return any(concept in concept_names(f) for f in protein.features)
+    kind = concept.split(":")[0] if ":" in concept else None
+    for feature in protein.features:
+        names = concept_names(feature)
+        if concept in names or (kind is not None and names == [kind]):
+            return True
+    return False
 
 
 def _feature_residues(workspace: Workspace, record, accessions: set[str], features: set[int],

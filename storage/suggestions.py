@@ -122,6 +122,11 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def strip_control(text: str) -> str:
+    """Text without control characters (ESC, BEL, ...; tab, newline and CR become spaces)."""
+    return _CONTROL.sub("", str(text).replace("\t", " ").replace("\r", " ").replace("\n", " "))
+
+
 def safe_cell(value: Any) -> str:
     """A TSV cell a spreadsheet will not run: text starting = + - @ tab or CR gets a leading quote.
 
@@ -135,7 +140,7 @@ def safe_cell(value: Any) -> str:
         return text
     if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER.match(text):
         text = "'" + text
-    return _CONTROL.sub("", text.replace("\t", " ").replace("\r", " ").replace("\n", " "))
+    return strip_control(text)
 
 
 def _ranges(residues: Iterable[tuple[int, int]]) -> str:

@@ -15,6 +15,7 @@ from agent.cli._common import console, json_option, open_workspace, print_json, 
 from storage.errors import InputError, PlmlabelError
 from storage.labels import StoredLabel
 from storage.search import LabelHit, LabelQuery, require_label, search_labels
+from storage.suggestions import Suggestion, list_suggestions, strip_control
 from storage.workspace import Workspace
 
 CSV_COLUMNS = (
@@ -252,6 +253,23 @@ def _render_examples(examples: Any, why_not: str | None) -> None:
     console.print(table)
 
 
+def _render_suggestions(suggestions: Sequence[Suggestion]) -> None:
+    """Stored `plmlabel suggest` rows of the feature (data: plain Text, control characters stripped)."""
+    if not suggestions:
+        return
+    console.print()
+    console.print(Text(f"Suggested missing annotations ({len(suggestions)}; `plmlabel suggest`)",
+                       style="bold"))
+    table = Table(pad_edge=False)
+    for name in ("Accession", "Concept", "Residues", "Act.", "Score"):
+        table.add_column(name)
+    for s in suggestions[:10]:
+        ranges = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in s.residues) or "–"
+        table.add_row(Text(strip_control(s.accession)), Text(strip_control(s.concept)), Text(ranges),
+                      f"{s.normalized:.2f}", f"{s.rank_score:.3f}")
+    console.print(table)
+
+
 @click.command()
 @click.argument("sae_id")
 @click.argument("feature", type=int)
@@ -263,14 +281,17 @@ def show(sae_id: str, feature: int, workspace: str | None, as_json: bool) -> Non
     with ws.db() as db:
         record = require_label(db, sae_id, feature)
         examples, why_not = _load_examples(ws, db, sae_id, feature)
+        suggestions = list_suggestions(db, sae_id, feature)
     if as_json:
         data = record.model_dump()
         data["examples"] = None if examples is None else _examples_json(examples)
+        data["suggestions"] = [s.as_json() for s in suggestions]
         print_json(data)
         return
     _render_record(record)
     _render_plot(record)
     _render_examples(examples, why_not)
+    _render_suggestions(suggestions)
 
 
 COMMANDS = [query, show]
