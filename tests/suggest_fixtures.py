@@ -45,6 +45,18 @@ class HiddenSet:
     concepts: list[Planted]
     hidden: set[tuple[str, int]] = field(default_factory=set)  # (accession, feature)
     carriers: dict[int, set[str]] = field(default_factory=dict)  # annotated before hiding
+    silent: set[tuple[str, int]] = field(default_factory=set)  # hidden carriers the feature misses
+    false_firing: set[tuple[str, int]] = field(default_factory=set)  # non-carriers firing strongly
+
+    def ceiling(self, feature: int | None = None) -> dict[str, float]:
+        """What a perfect detector of firing could reach: silent carriers lost, false firing kept."""
+        def keep(pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
+            return {p for p in pairs if feature is None or p[1] == feature}
+
+        hidden, silent, false = keep(self.hidden), keep(self.silent), keep(self.false_firing)
+        found = len(hidden) - len(silent)
+        return {"precision": found / (found + len(false)) if found + len(false) else 0.0,
+                "recall": found / len(hidden) if hidden else 0.0}
 
     def score(self, suggestions) -> dict[str, float]:
         """Precision and recall of (accession, feature) suggestions against the hidden pairs."""
@@ -121,9 +133,11 @@ def build_hidden_workspace(workspace: Workspace, proteins: tuple[Protein, ...] |
                         truth.hidden.add((protein.accession, i))
                 elif hide:
                     truth.hidden.add((protein.accession, i))  # hidden but silent: unrecoverable
+                    truth.silent.add((protein.accession, i))
             else:
                 draw = rng.random()
                 if draw < false_rate:
+                    truth.false_firing.add((protein.accession, i))
                     start = rng.randint(1, max(1, protein.length - 8))
                     fires.append((20 + i, list(range(start, start + 8)), rng.uniform(0.4, 1.0)))
                 elif draw < false_rate + 0.03:
