@@ -63,10 +63,10 @@ def _labels(db: Database, sae_id: str) -> dict[int, FeatureLabel]:
 
 
 _NEEDS = {
-    "f1": "a concept association with test F1 >= {f1:g}",
-    "label": "a validated label whose concepts name an associated Swiss-Prot concept",
-    "both": "a concept association with test F1 >= {f1:g} and a validated label naming it",
-    "either": "a concept association with test F1 >= {f1:g} or a validated label naming one",
+    "f1": "no concept association with test F1 >= {f1:g}",
+    "label": "no validated label whose concepts name an associated Swiss-Prot concept",
+    "both": "no concept association with test F1 >= {f1:g} that a validated label also names",
+    "either": "no concept association with test F1 >= {f1:g} and no validated label naming one",
 }
 
 
@@ -80,13 +80,13 @@ def _why_nothing(sae_id: str, features: Sequence[int] | None, associations: list
     rows = [a for a in associations if wanted is None or a.feature in wanted]
     best = max((a.f1_test or 0.0 for a in rows), default=None)
     n_validated = sum(1 for f, lab in labels.items() if lab.validated and (wanted is None or f in wanted))
-    facts = f"{'no association stored' if best is None else f'best test F1 {best:.2f}'}, " \
-            f"{n_validated} validated label{'s' if n_validated != 1 else ''}"
+    facts = (f"{'no association stored' if best is None else f'best test F1 {best:.2f}'}, "
+             f"{n_validated} validated label{'s' if n_validated != 1 else ''}")
     need = _NEEDS[mode].format(f1=min_f1)
     if wanted is None:
-        return f"nothing to suggest: no feature of SAE {sae_id!r} has {need} ({facts})."
+        return f"nothing to suggest: the features of SAE {sae_id!r} have {need} ({facts})."
     names = ", ".join(map(str, sorted(wanted)))
-    return f"nothing to suggest: feature {names} of SAE {sae_id!r} has no {need} ({facts})."
+    return f"nothing to suggest: feature {names} of SAE {sae_id!r} has {need} ({facts})."
 
 
 def suggest(workspace: Workspace, sae_id: str, *, features: Sequence[int] | None = None, min_f1: float = 0.5,

@@ -196,7 +196,8 @@ def test_label_evidence(hidden_copy):
     assert report.features == [1]
     assert {s.evidence.label for s in report.suggestions} == {"C2H2-like zinc finger"}
     assert all(s.evidence.label_score == 0.77 for s in report.suggestions)
-    with pytest.raises(InputError, match="has no a concept association with test F1 >= 0.5 and a validated"):
+    with pytest.raises(InputError, match="feature 0 of SAE 'hidden' has no concept association with "
+                                         "test F1 >= 0.5 that a validated label also names"):
         suggest(workspace, SAE_ID, features=[0], mode="both")
 
 
@@ -265,7 +266,7 @@ def test_suggest_command_outputs(cli, hidden_copy, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--feature", "3"], "nothing to suggest: feature 3 of SAE 'hidden' has no"),
-    (["--min-f1", "1.0", "--by", "f1"], "nothing to suggest: no feature of SAE 'hidden' has"),
+    (["--min-f1", "1.0", "--by", "f1"], "nothing to suggest: the features of SAE 'hidden' have no concept"),
     (["--min-f1", "nan"], "--min-f1 must be a number between 0 and 1"),
     (["--feature", "99"], "out of range"),
     (["--json", "--tsv"], "choose one of --json and --tsv"),
