@@ -116,7 +116,7 @@ def steer_loaded(plm: Any, sae: Any, layer: int, feature: int, sequence: str, *,
     with torch.no_grad():
         base_out = model(tokens)
         hidden = {}
-        with _capture(model, layer, hidden):
+        with _Capture(model, layer, hidden):
             model(tokens)
         acts = sae.encode(hidden["x"][1:-1, 0])[:, feature].float().cpu().numpy()
         with spliced(model, sae, layer, feature, chosen, value):
@@ -177,7 +177,7 @@ def _enrichment(p_base: np.ndarray, p_steer: np.ndarray, samples: list[str], bas
     return rows
 
 
-class _capture:
+class _Capture:
     """Record the representation of `layer` during one forward (the splice with no clamp, read only)."""
 
     def __init__(self, model: Any, layer: int, into: dict[str, torch.Tensor]) -> None:
