@@ -127,10 +127,10 @@ def suggest(workspace: Workspace, sae_id: str, *, features: Sequence[int] | None
             norm = values / feature_max[f]
             carrying = np.array([_carries(proteins.get(a), item.association.concept) for a in accessions],
                                 dtype=bool)
-            floor = min_activation(norm[carrying], item.association.threshold, carrier_quantile)
+            floor = min_activation(norm[carrying], carrier_quantile)
             if floor is None:
                 continue
-            median = float(np.median(norm[carrying][norm[carrying] > item.association.threshold]))
+            median = float(np.median(norm[carrying]))
             picked = [(a, float(v))
                       for a, v, c, n in zip(accessions, values.tolist(), carrying, norm, strict=True)
                       if not c and a in proteins and n >= floor]
@@ -144,7 +144,8 @@ def suggest(workspace: Workspace, sae_id: str, *, features: Sequence[int] | None
         scale = float(feature_max[a.feature])
         for accession, value in picked:
             acts = residues.get(accession, {}).get(a.feature)
-            ranges = firing_ranges(acts / scale, a.threshold) if acts is not None else []
+            cut = min(a.threshold, np.nextafter(floor, -np.inf))
+            ranges = firing_ranges(acts / scale, cut) if acts is not None else []
             normalized = min(value / scale, 1.0)
             evidence = Evidence(
                 precision=a.precision_test, recall=a.recall_test, f1=a.f1_test, threshold=a.threshold,

@@ -4,10 +4,13 @@ A feature is trusted for a concept when it tracks it on proteins it was not tune
 Silberg, Simon & Zou 2025):
   f1      its concept association (`plmlabel concepts`) reaches `min_f1` on the test split;
   label   a validated label of the feature names the concept among its concepts.
-A protein is then suggested when the feature fires on it *the way it fires on annotated residues*:
-its normalised per-protein max is above the association's threshold and at least the lower
-`carrier_quantile` of the maxima on the proteins that do carry the concept (so a weak, noisy
-activation that no annotated protein would show is not enough), and the protein lacks the concept.
+A protein is then suggested when the feature fires on it *the way it fires on annotated proteins*:
+its normalised per-protein max is at least the lower `carrier_quantile` of the maxima on the proteins
+that do carry the concept (so a weak, noisy activation that few annotated proteins would show is not
+enough), and the protein lacks the concept. The association's threshold (chosen for residue-level F1
+on the valid split) is not the gate: it is tuned to residues, and a carrier whose peak lies just under
+it is still a carrier. It does decide which residues are reported (those above the lower of the
+threshold and the gate, so the peak is always among them).
 
 rank score = strength x firing, where strength is the better of the test F1 and the label's Pearson r
 (the two say how far the feature can be trusted, both in [0, 1]), and firing is the protein's
@@ -112,13 +115,16 @@ def trusted_concepts(associations: Sequence[ConceptAssociation], labels: dict[in
     return out
 
 
-def min_activation(carrier_peaks: np.ndarray, threshold: float, quantile: float) -> float | None:
-    """The normalised per-protein max a suggestion needs; None when no carrier fires (nothing to match)."""
+def min_activation(carrier_peaks: np.ndarray, quantile: float) -> float | None:
+    """The normalised per-protein max a suggestion needs: the `quantile` of the annotated proteins' maxima.
+
+    Only carriers where the feature fires count; None when it fires on none (nothing to match).
+    """
     peaks = np.asarray(carrier_peaks, dtype=np.float64)
-    peaks = peaks[peaks > threshold]
+    peaks = peaks[peaks > 0]
     if len(peaks) == 0:
         return None
-    return float(max(np.quantile(peaks, quantile), np.nextafter(threshold, np.inf)))
+    return float(np.quantile(peaks, quantile))
 
 
 def firing_ranges(normalized: np.ndarray, threshold: float, max_gap: int = 2) -> list[tuple[int, int]]:

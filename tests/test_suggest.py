@@ -78,8 +78,9 @@ def test_trust_modes():
 
 
 def test_min_activation_and_rank():
-    assert min_activation(np.array([0.1, 0.5, 0.6, 0.9]), 0.15, 0.0) == 0.5
-    assert min_activation(np.array([0.1]), 0.15, 0.1) is None
+    assert min_activation(np.array([0.1, 0.5, 0.6, 0.9]), 0.0) == 0.1
+    assert min_activation(np.array([0.0, 0.5, 0.6, 0.9]), 0.5) == 0.6
+    assert min_activation(np.array([0.0]), 0.1) is None
     assert rank_score(0.8, 0.3, 0.6) == 0.4
     assert rank_score(0.8, 0.9, 0.6) == 0.8
 
