@@ -20,8 +20,6 @@ secrets are ever exported: only label, score and provenance columns are read.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import shutil
@@ -32,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from storage.csv_safe import write_table
 from storage.db import Database, utcnow
 from storage.errors import InputError
 from storage.features_store import list_feature_stats
@@ -164,15 +163,14 @@ def label_fields(feature: ExportFeature) -> dict[str, Any]:
 
 # --- formats -----------------------------------------------------------------------------------------
 def render_interplm(bundle: ExportBundle) -> str:
-    """LLM_Autointerp.csv: Feature,Summary,Correlation (an empty Correlation reads as NaN)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["Feature", "Summary", "Correlation"])
+    """LLM_Autointerp.csv: Feature,Summary,Correlation (an empty Correlation reads as NaN); text
+    cells that a spreadsheet would run as a formula are neutralised (storage/csv_safe.py)."""
+    rows = []
     for feature in bundle.features:
         record = feature.record
-        pearson = "" if record.pearson is None else repr(round(record.pearson, 4))
-        writer.writerow([record.feature, record.description or record.label or "", pearson])
-    return buffer.getvalue()
+        pearson = None if record.pearson is None else round(record.pearson, 4)
+        rows.append([record.feature, record.description or record.label or "", pearson])
+    return write_table(["Feature", "Summary", "Correlation"], rows)
 
 
 def write_interplm(bundle: ExportBundle, folder: Path) -> list[str]:

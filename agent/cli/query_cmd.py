@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +13,7 @@ from rich.text import Text
 from agent.cli._common import console, json_option, open_workspace, print_json, workspace_option
 from agent.cli.index_render import colourless
 from agent.cli.safe_text import clean, data_text
+from storage.csv_safe import write_table
 from storage.errors import InputError, PlmlabelError
 from storage.labels import StoredLabel
 from storage.search import LabelHit, LabelQuery, require_label, search_labels
@@ -31,21 +30,8 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _csv_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def hits_csv(hits: Sequence[LabelHit]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for hit in hits:
-        writer.writerow([_csv_value(getattr(hit, column)) for column in CSV_COLUMNS])
-    return buffer.getvalue()
+    return write_table(CSV_COLUMNS, ([getattr(hit, column) for column in CSV_COLUMNS] for hit in hits))
 
 
 def _hits_table(hits: Sequence[LabelHit]) -> Table:
