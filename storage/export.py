@@ -36,6 +36,7 @@ from storage.db import Database, utcnow
 from storage.errors import InputError
 from storage.features_store import list_feature_stats
 from storage.labels import StoredLabel, list_labels
+from storage.paths import model_display_name
 from storage.saes import get_sae
 
 FORMATS: tuple[str, ...] = ("interplm", "interprot", "jsonl", "html")
@@ -100,6 +101,7 @@ def load_bundle(db: Database, sae_id: str, *, validated_only: bool = False) -> E
     """The SAE and its successful labels, with per-feature statistics; no examples yet."""
     record = get_sae(db, sae_id)
     sae = ExportSae(**{key: getattr(record, key) for key in ExportSae.model_fields})
+    sae.plm_model = model_display_name(sae.plm_model)  # never a local path in a file meant to be shared
     stats = {row.feature: row for row in list_feature_stats(db, sae_id)}
     features = []
     labels = list_labels(db, sae_id, status="ok", validated=True if validated_only else None,
