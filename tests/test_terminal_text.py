@@ -81,6 +81,7 @@ def test_safe_console_cleans_direct_text_and_markup_free_strings() -> None:
     ("query",),
     ("query", "Bold", "--include-failed"),
     ("sae", "list"),
+    ("label", SAE_ID, "--features", str(TM_FEATURE), "--relabel", "--dry-run", "--backend", "anthropic"),
 ])
 def test_rendering_commands_keep_hostile_text_inert(cli, hostile, args) -> None:
     ws, _top = hostile
@@ -89,7 +90,9 @@ def test_rendering_commands_keep_hostile_text_inert(cli, hostile, args) -> None:
     assert "Traceback" not in result.stderr
     for char in RAW_CONTROLS:
         assert char not in result.stdout + result.stderr, (args, repr(char))
-    if args[0] != "sae":
+    if args[0] == "label":  # the prompt builder already turned the CR into a space
+        assert "[/x] [bold]Bold[/bold] \\x1b]0;pwned\\x07\\x1b[31mred over \\u202eevil" in result.stdout
+    elif args[0] != "sae":
         _assert_inert(result.stdout)
 
 
@@ -178,3 +181,18 @@ def test_show_brackets_firing_residues_without_colour(cli, hostile) -> None:
         assert len(marked) == int(end) - int(start) + 1
         shown = {int(start) + i for i, is_marked in enumerate(marked) if is_marked}
         assert shown == {p for p in firing[accession] if int(start) <= p <= int(end)} and shown
+
+
+def test_query_csv_is_exact_in_a_pipe_and_escaped_on_a_terminal(cli, hostile, monkeypatch) -> None:
+    import csv
+    import io
+
+    ws, _top = hostile
+    piped = cli("query", "--workspace", ws.root, "--csv").stdout
+    rows = list(csv.DictReader(io.StringIO(piped, newline="")))
+    assert rows[0]["description"] == HOSTILE  # data output keeps the exact text (no formula start here)
+    monkeypatch.setattr("agent.cli.query_cmd._stdout_is_terminal", lambda: True)
+    shown = cli("query", "--workspace", ws.root, "--csv").stdout
+    for char in RAW_CONTROLS:
+        assert char not in shown
+    assert "\\x1b]0;pwned\\x07" in shown

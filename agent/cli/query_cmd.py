@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,10 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 def hits_csv(hits: Sequence[LabelHit]) -> str:
     return write_table(CSV_COLUMNS, ([getattr(hit, column) for column in CSV_COLUMNS] for hit in hits))
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def _hits_table(hits: Sequence[LabelHit]) -> Table:
@@ -78,7 +83,9 @@ def query(text: str, validated: bool, min_score: float | None, sae_id: str | Non
     if as_json:
         print_json([hit.model_dump() for hit in hits])
     elif as_csv:
-        click.echo(hits_csv(hits), nl=False)
+        table = hits_csv(hits)  # exact text for a file or a pipe; on a terminal, controls shown escaped
+        # color=True: click would otherwise strip what looks like ANSI from the exact text of a pipe
+        click.echo(clean(table) if _stdout_is_terminal() else table, nl=False, color=True)
     elif not hits:
         console.print(data_text(f"No labels match {text!r}." if text.strip() else "No labels yet."))
     else:
