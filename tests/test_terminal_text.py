@@ -196,3 +196,15 @@ def test_query_csv_is_exact_in_a_pipe_and_escaped_on_a_terminal(cli, hostile, mo
     for char in RAW_CONTROLS:
         assert char not in shown
     assert "\\x1b]0;pwned\\x07" in shown
+
+
+def test_an_error_line_naming_stored_text_keeps_it_inert(cli, hostile) -> None:
+    """The error console (markup on for its own `error:` prefix) shows data escaped and controls visible."""
+    ws, _top = hostile
+    result = cli("concepts", SAE_ID, "--workspace", ws.root, env={"COLUMNS": "250"})
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no embeddings of [/x] [bold]Bold[/bold] ")
+    for char in RAW_CONTROLS:
+        assert char not in result.stderr
+    assert "\\x1b]0;pwned\\x07\\x1b[31mred\\x0dover \\u202eevil\\x9b2J" in result.stderr
