@@ -225,7 +225,7 @@ def _relative_in(path: str, root: Path | None) -> str | None:
     return None
 
 
-def _migration_2_relative_paths(db: sqlite_utils.Database) -> None:
+def _migration_relative_paths(db: sqlite_utils.Database) -> None:
     """Paths inside the workspace are stored relative to it (a copied workspace reads its own files).
 
     saes.path was absolute: `<workspace>/saes/<sae_id>` becomes `saes/<sae_id>` (recognised by its
@@ -256,7 +256,7 @@ def _migration_2_relative_paths(db: sqlite_utils.Database) -> None:
             db["saes"].update(sae_id, changes)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2_relative_paths]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_relative_paths]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -45,12 +45,15 @@ def test_stored_paths_are_relative_inside_the_workspace(tmp_path) -> None:
 
 
 def test_migration_makes_old_absolute_rows_relative(tmp_path) -> None:
-    """A version-1 database with absolute paths (as plmlabel wrote them) is migrated on open."""
+    """A database from before this migration, with absolute paths as plmlabel wrote them, is migrated."""
     root = tmp_path / "ws"
     root.mkdir()
     path = root / "plmlabel.db"
+    from storage.db import MIGRATIONS, _migration_relative_paths
+
+    before = MIGRATIONS.index(_migration_relative_paths)  # the schema version just before this migration
     with Database.open(path) as db:
-        db.execute("update meta set value = '1' where key = 'schema_version'")
+        db.execute("update meta set value = ? where key = 'schema_version'", (str(before),))
         for sae_id, sae_path, model in (
             ("a", str(root / "saes" / "a"), str(root / "models" / "m.pt")),
             ("b", "/gone/original/ws/saes/b", "/opt/models/outside.pt"),  # copied before migrating
@@ -63,18 +66,16 @@ def test_migration_makes_old_absolute_rows_relative(tmp_path) -> None:
             })
         db.db.conn.commit()
     with Database.open(path) as db:
-        assert db.schema_version >= 2
+        assert db.schema_version == len(MIGRATIONS)
         rows = {r["sae_id"]: r for r in db.query("select sae_id, path, plm_model, cfg from saes")}
     assert (rows["a"]["path"], rows["a"]["plm_model"]) == ("saes/a", "models/m.pt")
     assert json.loads(rows["a"]["cfg"])["plm_model"] == "models/m.pt"
     assert (rows["b"]["path"], rows["b"]["plm_model"]) == ("saes/b", "/opt/models/outside.pt")
     assert (rows["c"]["path"], rows["c"]["plm_model"]) == ("saes/c", "esm2_t6_8M_UR50D")
-    from storage.db import MIGRATIONS
-
-    conn = sqlite3.connect(path)
     import sqlite_utils
 
-    MIGRATIONS[1](sqlite_utils.Database(conn))  # idempotent: a second run changes nothing
+    conn = sqlite3.connect(path)
+    _migration_relative_paths(sqlite_utils.Database(conn))  # idempotent: a second run changes nothing
     assert conn.execute("select path, plm_model from saes where sae_id = 'a'").fetchone() == (
         "saes/a", "models/m.pt")
     conn.close()
