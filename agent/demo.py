@@ -17,6 +17,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from sae.plm_keys import plm_model_key
 from storage.errors import NotFoundError
 from storage.workspace import Config, Workspace
 
@@ -153,7 +154,7 @@ def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None 
     with ws.db() as db:
         try:
             record = get_sae(db, DEMO_SAE)
-            reuse = record.plm_model == plm and record.layer == layer
+            reuse = record.plm_model == plm_model_key(plm, ws.root) and record.layer == layer
         except NotFoundError:
             reuse = False
     if not reuse:

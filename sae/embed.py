@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from sae.embeddings import EmbeddingStore, store_path
+from sae.plm_keys import plm_model_key, same_plm_model
 from storage.errors import InputError, NotFoundError
 from storage.lock import workspace_lock
 from storage.workspace import Workspace
@@ -215,7 +216,7 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
     spec = ESM2_MODELS.get(model)
     if spec and layer > spec.num_layers:
         raise InputError(f"layer {layer} is out of range: {model} has layers 0..{spec.num_layers}.")
-    model_key = model if spec else str(Path(model).expanduser().resolve())
+    model_key = plm_model_key(model, workspace.root)  # relative inside the workspace
     with workspace.db() as db:
         sequences = load_sequences(db, accessions)
     for accession, sequence in sequences.items():
@@ -227,7 +228,7 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
     path.mkdir(parents=True, exist_ok=True)
     with workspace_lock(path / ".lock", f"embed {model} layer {layer}"):
         store = EmbeddingStore(path)
-        if store.exists and store.manifest.get("model") != model_key:
+        if store.exists and not same_plm_model(store.manifest.get("model"), model_key, workspace.root):
             raise InputError(
                 f"{path} holds embeddings of {store.manifest.get('model')}, not {model_key}; "
                 "delete that folder or use the same model."

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from sae.embeddings import EmbeddingStore, store_path
 from sae.model import SAE, load_sae
+from sae.plm_keys import resolve_plm_model
 from sae.train import is_heldout
 from storage.errors import InputError, NotFoundError
 from storage.saes import get_sae, set_sae_metrics
@@ -295,7 +296,8 @@ def evaluate_in_workspace(workspace: Workspace, sae_id: str, *, n_proteins: int 
     with workspace.db() as db:
         record = get_sae(db, sae_id)
     sae = load_sae(workspace.sae_dir(sae_id))
-    model, layer = sae.cfg.plm_model, sae.cfg.layer
+    # the row's model key is the one kept relative to the workspace (cfg.json may predate that)
+    model, layer = record.plm_model or sae.cfg.plm_model, sae.cfg.layer
     if model is None or layer is None:
         raise InputError(f"SAE {sae_id} does not say which model and layer it reads; "
                          "re-import it with --model and --layer.")
@@ -305,7 +307,7 @@ def evaluate_in_workspace(workspace: Workspace, sae_id: str, *, n_proteins: int 
         from sae.plm import load_esm
 
         try:
-            plm = load_esm(model, device=device)
+            plm = load_esm(resolve_plm_model(model, workspace.root), device=device)
         except NotFoundError as exc:
             raise NotFoundError(f"{exc} (or evaluate without the ESM-2 part: --no-loss-recovered)") from exc
         sae = sae.to(plm.device)

@@ -301,7 +301,7 @@ def import_into_workspace(workspace: Workspace, path: str | Path, fmt: str, sae_
     """
     check_sae_id(sae_id)
     refuse_existing(workspace, sae_id, force)
-    key = plm_model_key(model)
+    key = plm_model_key(model, workspace.root)
     sae = import_sae(path, fmt, plm_model=key, layer=layer, k=k)
     store = EmbeddingStore(store_path(workspace.embeddings_dir, key, layer))
     check_fits_layer(sae.cfg, model, layer, store.d_model if store.exists else None)

@@ -31,7 +31,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from sae.plm_keys import plm_model_key  # noqa: F401  (importable from here as before)
 from storage.errors import InputError, NotFoundError
+from storage.paths import stored_path
 from storage.saes import SaeRecord, list_saes, record_sae
 from storage.workspace import Workspace
 
@@ -499,13 +501,6 @@ def install_sae(sae: SAE, target: str | os.PathLike[str]) -> Path:
 # --- fitting an SAE to an ESM-2 layer ------------------------------------------------------------------
 
 
-def plm_model_key(model: str) -> str:
-    """How a model is named in stored data: the hub name, or a checkpoint's absolute path (as `embed`)."""
-    from sae.plm import ESM2_MODELS
-
-    return model if model in ESM2_MODELS else str(Path(model).expanduser().resolve())
-
-
 def check_fits_layer(cfg: SAEConfig, model: str | None, layer: int | None,
                      width: int | None = None) -> None:
     """InputError unless the SAE's d_in is the width of `model`'s `layer` (known hub models, or `width`
@@ -553,7 +548,8 @@ def install_and_record(workspace: Workspace, sae_id: str, sae: SAE, *, source: s
     cfg = sae.cfg
     record = SaeRecord(
         sae_id=sae_id, architecture=cfg.architecture, d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k,
-        plm_model=cfg.plm_model, layer=cfg.layer, path=str(target), weights_hash=weights_hash(target),
+        plm_model=cfg.plm_model, layer=cfg.layer, path=stored_path(target, workspace.root),
+        weights_hash=weights_hash(target),
         source=source, cfg=cfg.model_dump(mode="json"), metrics=metrics,
     )
     try:

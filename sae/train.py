@@ -405,7 +405,7 @@ def train_in_workspace(
         raise InputError(f"--l0 applies to jumprelu SAEs, not {architecture}.")
     if not 0 <= holdout_fraction < 1:
         raise InputError("the held-out fraction must be in [0, 1).")
-    key = plm_model_key(model)
+    key = plm_model_key(model, workspace.root)
     store = EmbeddingStore(store_path(workspace.embeddings_dir, key, layer)).require()
     d_in = store.d_model
     workdir = training_dir(workspace, sae_id)

@@ -21,7 +21,7 @@ import sqlite_utils
 
 from storage.errors import InputError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> str:
@@ -231,7 +231,61 @@ def _migration_suggestions(db: sqlite_utils.Database) -> None:
     db["suggestions"].create_index(["accession"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_suggestions]
+def _database_folder(db: sqlite_utils.Database) -> Path | None:
+    """The folder of the database file (the workspace folder); None for an in-memory database."""
+    for row in db.execute("PRAGMA database_list").fetchall():
+        if row[1] == "main" and row[2]:
+            return Path(row[2]).parent
+    return None
+
+
+def _relative_in(path: str, root: Path | None) -> str | None:
+    """`path` relative to `root` (with /) when it is an absolute path inside it, else None."""
+    candidate = Path(path)
+    if root is None or not candidate.is_absolute():
+        return None
+    for base in (root, root.resolve()):
+        if candidate.is_relative_to(base):
+            return candidate.relative_to(base).as_posix()
+    return None
+
+
+def _migration_relative_paths(db: sqlite_utils.Database) -> None:
+    """Paths inside the workspace are stored relative to it (a copied workspace reads its own files).
+
+    saes.path was absolute: `<workspace>/saes/<sae_id>` becomes `saes/<sae_id>` (recognised by its
+    last two parts, so a workspace copied before this migration is fixed too); saes.plm_model and the
+    plm_model in saes.cfg become relative when the checkpoint is inside the workspace folder. Rows
+    already relative are left as they are, so running it twice changes nothing.
+    """
+    if not db["saes"].exists():
+        return
+    root = _database_folder(db)
+    rows = db.execute("select sae_id, path, plm_model, cfg from saes").fetchall()
+    for sae_id, path, plm_model, cfg in rows:
+        changes: dict[str, Any] = {}
+        if path and Path(path).is_absolute():
+            if Path(path).parts[-2:] == ("saes", sae_id):
+                changes["path"] = f"saes/{sae_id}"
+            elif (relative := _relative_in(path, root)) is not None:
+                changes["path"] = relative
+        if plm_model and (relative := _relative_in(plm_model, root)) is not None:
+            changes["plm_model"] = relative
+            try:
+                data = json.loads(cfg) if cfg else None
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and data.get("plm_model") == plm_model:
+                changes["cfg"] = to_json({**data, "plm_model": relative})
+        if changes:
+            db["saes"].update(sae_id, changes)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1,
+    _migration_suggestions,
+    _migration_relative_paths,
+]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -20,10 +20,9 @@ secrets are ever exported: only label, score and provenance columns are read.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -32,10 +31,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from storage.csv_safe import write_table
 from storage.db import Database, utcnow
 from storage.errors import InputError
 from storage.features_store import list_feature_stats
 from storage.labels import StoredLabel, list_labels
+from storage.paths import model_display_name
 from storage.saes import get_sae
 
 FORMATS: tuple[str, ...] = ("interplm", "interprot", "jsonl", "html")
@@ -100,6 +101,7 @@ def load_bundle(db: Database, sae_id: str, *, validated_only: bool = False) -> E
     """The SAE and its successful labels, with per-feature statistics; no examples yet."""
     record = get_sae(db, sae_id)
     sae = ExportSae(**{key: getattr(record, key) for key in ExportSae.model_fields})
+    sae.plm_model = model_display_name(sae.plm_model)  # never a local path in a file meant to be shared
     stats = {row.feature: row for row in list_feature_stats(db, sae_id)}
     features = []
     labels = list_labels(db, sae_id, status="ok", validated=True if validated_only else None,
@@ -164,15 +166,14 @@ def label_fields(feature: ExportFeature) -> dict[str, Any]:
 
 # --- formats -----------------------------------------------------------------------------------------
 def render_interplm(bundle: ExportBundle) -> str:
-    """LLM_Autointerp.csv: Feature,Summary,Correlation (an empty Correlation reads as NaN)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["Feature", "Summary", "Correlation"])
+    """LLM_Autointerp.csv: Feature,Summary,Correlation (an empty Correlation reads as NaN); text
+    cells that a spreadsheet would run as a formula are neutralised (storage/csv_safe.py)."""
+    rows = []
     for feature in bundle.features:
         record = feature.record
-        pearson = "" if record.pearson is None else repr(round(record.pearson, 4))
-        writer.writerow([record.feature, record.description or record.label or "", pearson])
-    return buffer.getvalue()
+        pearson = None if record.pearson is None else round(record.pearson, 4)
+        rows.append([record.feature, record.description or record.label or "", pearson])
+    return write_table(["Feature", "Summary", "Correlation"], rows)
 
 
 def write_interplm(bundle: ExportBundle, folder: Path) -> list[str]:
@@ -263,22 +264,71 @@ WRITERS: dict[str, Callable[[ExportBundle, Path], list[str]]] = {
 
 
 # --- the atomic folder -------------------------------------------------------------------------------
-def _is_replaceable(out_dir: Path) -> bool:
-    """An existing folder may be replaced only when it is empty or an earlier plmlabel export."""
+# What exports written before manifests listed their files wrote, by format (to re-export over them).
+_LEGACY_FILES: dict[str, re.Pattern[str]] = {
+    "interplm": re.compile(re.escape(INTERPLM_FILE)),
+    "interprot": re.compile(r"\d+\.json"),
+    "jsonl": re.compile(re.escape(JSONL_FILE)),
+    "html": re.compile(r"index\.html|features|features/\d+\.html"),
+}
+
+
+def _tree(folder: Path) -> list[str]:
+    """Every file, link and folder under `folder`, relative, with / separators (links not followed)."""
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        entries.extend((base / name).as_posix() for name in (*dirs, *files))
+    return sorted(entries)
+
+
+def _written_by_export(manifest: dict[str, Any]) -> Callable[[str], bool]:
+    """Whether a relative path is one the export described by `manifest` wrote (its folders too)."""
+    written = manifest.get("written")
+    if isinstance(written, list):
+        names = {str(name) for name in written}
+        folders = {parent.as_posix() for name in names for parent in Path(name).parents} - {"."}
+        return lambda path: path in names or path in folders
+    legacy = _LEGACY_FILES.get(str(manifest.get("format")))
+    if legacy is None:
+        return lambda path: False
+    return lambda path: bool(legacy.fullmatch(path))
+
+
+def _foreign_entries(out_dir: Path) -> list[str] | None:
+    """What in `out_dir` an earlier export did not write; None when `out_dir` holds no export at all."""
     if not out_dir.exists():
-        return True
-    if not out_dir.is_dir():
-        return False
-    return (out_dir / MANIFEST_NAME).is_file() or not any(out_dir.iterdir())
+        return []
+    entries = [path for path in _tree(out_dir) if path != MANIFEST_NAME]
+    manifest_path = out_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None if entries else []
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        return entries or [MANIFEST_NAME]
+    ours = _written_by_export(manifest)
+    return [path for path in entries if not ours(path)]
 
 
 def check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
-    """Refuse, before any work, a folder that cannot be written or must not be replaced."""
+    """Refuse, before any work, a folder that cannot be written or must not be replaced.
+
+    An earlier export there is replaced only when everything in the folder is a file that export wrote
+    (its manifest lists them): a file a person put there is never deleted; the export refuses instead.
+    """
     out = Path(out_dir).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise InputError(f"cannot export to {out}: it is a file, not a folder.")
-    if not _is_replaceable(out):
+    foreign = _foreign_entries(out)
+    if foreign is None:
         raise InputError(f"{out} exists and is not a plmlabel export; choose a new or empty folder.")
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise InputError(f"{out} holds an earlier export and files it did not write ({foreign[0]}{more}); "
+                         "move them away or choose another folder.")
     ancestor = out.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -309,6 +359,7 @@ def write_export(bundle: ExportBundle, fmt: str, out_dir: str | os.PathLike[str]
             "n_features": len(bundle.features),
             "has_examples": bundle.has_examples,
             "files": len(files),
+            "written": [path for path in _tree(staging) if (staging / path).is_file()],  # replaceable
             "created_at": utcnow(),
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

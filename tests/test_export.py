@@ -293,10 +293,57 @@ def test_html_index_counts(bundle):
 def test_reexport_replaces_an_earlier_export_and_leaves_no_temp_folders(bundle, exports):
     out = exports / "out"
     write_export(bundle, "html", out)
-    (out / "features" / "stale.html").write_text("old")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["written"] == sorted(["index.html", *(f"features/{n}.html" for n in (3, 7, 11, 20))])
     write_export(bundle, "jsonl", out)
     assert sorted(os.listdir(out)) == ["labels.jsonl", MANIFEST_NAME]
     assert sorted(os.listdir(exports)) == ["out"]
+
+
+@pytest.mark.parametrize("user_file", ["notes.txt", "features/stale.html", ".hidden", "extra/"])
+def test_reexport_refuses_when_the_folder_holds_files_the_export_did_not_write(
+        seeded, cli, bundle, exports, user_file):
+    out = exports / "out"
+    write_export(bundle, "html", out)
+    if user_file.endswith("/"):
+        (out / user_file).mkdir()
+    else:
+        (out / user_file).write_text("keep me")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    result = cli("export", "demo", "--format", "jsonl", "--out", out, "--workspace", seeded.root)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {out} holds an earlier export and files it did not write ({user_file.rstrip('/')}); "
+        "move them away or choose another folder.\n")
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert sorted(os.listdir(exports)) == ["out"]  # nothing staged left behind
+
+
+def test_reexport_names_the_first_foreign_file_and_counts_the_rest(bundle, exports):
+    out = exports / "out"
+    write_export(bundle, "jsonl", out)
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (out / name).write_text("mine")
+    with pytest.raises(InputError, match=r"\(a\.txt and 2 more\)"):
+        write_export(bundle, "jsonl", out)
+    assert sorted(os.listdir(out)) == ["a.txt", "b.txt", "c.txt", "labels.jsonl", MANIFEST_NAME]
+
+
+def test_an_export_from_before_file_lists_is_replaced_by_its_format_names(bundle, exports):
+    out = exports / "out"
+    write_export(bundle, "html", out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    del manifest["written"]  # as plmlabel wrote it before manifests listed their files
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_export(bundle, "interplm", out)
+    assert sorted(os.listdir(out)) == ["LLM_Autointerp.csv", MANIFEST_NAME]
+    (out / "notes.md").write_text("mine")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    del manifest["written"]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="notes.md"):
+        write_export(bundle, "jsonl", out)
+    assert (out / "notes.md").read_text() == "mine"
 
 
 def test_refuses_to_replace_a_folder_that_is_not_an_export(seeded, cli, exports):

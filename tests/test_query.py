@@ -361,7 +361,9 @@ def test_show_prints_the_top_examples_from_the_index(seeded, cli, swissprot_dir,
     assert "Top examples (4 of 5)" in out  # the silent example is not shown
     top = examples.examples[0]
     assert top.protein.accession in out
-    assert f"1-21 {top.protein.sequence[:21]}" in out  # 10 residues either side of the peak (residue 11)
+    seq = top.protein.sequence
+    # 10 residues either side of the peak (residue 11); without colour the firing 10-12 are bracketed
+    assert f"1-21 {seq[:9]}[{seq[9]}][{seq[10]}][{seq[11]}]{seq[12:21]}" in out
     data = cli("show", "demo", "3", "--workspace", seeded.root, "--json").json()
     assert data["examples"][0] == {
         "accession": top.protein.accession, "name": top.protein.protein_name, "organism": "Homo sapiens",

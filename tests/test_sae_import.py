@@ -274,8 +274,8 @@ def test_import_records_the_sae_and_loads_back(workspace, tmp_path):
     record = import_into_workspace(workspace, tmp_path / "ae_normalized.pt", "interplm", "plm1",
                                    model=model, layer=1)
     assert record.source == "imported:interplm" and record.plm_model == model
-    assert record.path == str(workspace.sae_dir("plm1"))
-    loaded = load_sae(record.path)
+    assert record.path == "saes/plm1"  # relative to the workspace: a copied workspace reads its own
+    loaded = load_sae(workspace.root / record.path)
     features, _ = interplm_reference(_interplm_state(), _x())
     _close(loaded.encode(_x()), features)
     with pytest.raises(InputError, match="already exists"):

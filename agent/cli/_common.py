@@ -8,17 +8,18 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
+from agent.cli.safe_text import SafeConsole
 from storage.workspace import WORKSPACE_ENV, Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Markup is off: data (paths, Swiss-Prot text, LLM labels) printed or put in a table cell is never
 # read as rich markup. A styled line opts in with markup=True and escapes what it interpolates.
-console = Console(highlight=False, markup=False)
-err_console = Console(stderr=True, highlight=False, markup=False)
+# Control characters in data (ESC, CR, ...) are shown escaped (agent/cli/safe_text.py).
+console = SafeConsole(highlight=False, markup=False)
+err_console = SafeConsole(stderr=True, highlight=False, markup=False)
 
 
 def workspace_option(func: F) -> F:

@@ -23,7 +23,8 @@ from storage.export import FORMATS, INTERPLM_FILE, check_out_dir, write_export
 @click.argument("sae_id")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="What to write.")
 @click.option("--out", "out_dir", type=click.Path(), required=True,
-              help="Folder to write (created; an earlier plmlabel export there is replaced).")
+              help="Folder to write (created; an earlier plmlabel export there is replaced, but not "
+                   "over files it did not write).")
 @click.option("--validated-only", is_flag=True, help="Only labels whose score cleared the threshold.")
 @workspace_option
 @json_option

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent.cli.safe_text import clean, data_text
 from sae.index import ExampleProtein, FeatureExamples
 from storage.protein import ProteinFeature
 
@@ -53,25 +55,67 @@ def _windows(length: int, positions: list[int]) -> list[tuple[int, int]]:
     return windows
 
 
-def highlighted_sequence(example: ExampleProtein, feature_max: float) -> Text:
-    """The sequence with each firing residue styled by its normalised activation."""
-    sequence = example.protein.sequence
-    strength = {r.position: r.value / feature_max if feature_max > 0 else 0.0 for r in example.firing}
+# Plain-text marks under firing residues, for output without colour (a pipe, a file, NO_COLOR).
+MARKS = ((0.75, "#"), (0.5, "+"), (0.25, ":"), (0.0, "."))
+MARK_LEGEND = "marks under the sequence: # > 0.75 of the feature's max, + > 0.5, : > 0.25, . firing"
+
+
+def mark_for(normalized: float) -> str:
+    for floor, mark in MARKS:
+        if normalized > floor:
+            return mark
+    return "."
+
+
+def colourless(console: Console) -> bool:
+    """Whether styles will not show (not a terminal, or NO_COLOR): then marks must be in the text."""
+    return console.color_system is None or console.no_color
+
+
+def _sequence_text(sequence: str, strength: dict[int, float], plain: bool) -> Text:
     text = Text()
-    for start, end in _windows(len(sequence), sorted(strength)):
+    windows = _windows(len(sequence), sorted(strength))
+    if plain and strength:
+        text.append(f"{'':>7} {MARK_LEGEND}\n", style="dim")
+    for start, end in windows:
         if start > 1:
             text.append(f"{'':>7}... {start - 1} residues\n", style="dim")
         for line_start in range(start, end + 1, LINE):
             line_end = min(line_start + LINE - 1, end)
             text.append(f"{line_start:>7} ", style="dim")
+            marks = []
             for position in range(line_start, line_end + 1):
-                residue = sequence[position - 1]
+                residue = clean(sequence[position - 1])
                 value = strength.get(position)
                 text.append(residue, style=style_for(value) if value is not None else "dim")
+                marks.append(" " if value is None else mark_for(value))
             text.append("\n")
-    if _windows(len(sequence), sorted(strength))[-1][1] < len(sequence):
+            if plain and any(m != " " for m in marks):
+                text.append(f"{'':>7} " + "".join(marks).rstrip() + "\n")
+    if windows[-1][1] < len(sequence):
         text.append(f"{'':>7}... to residue {len(sequence)}\n", style="dim")
     return text
+
+
+class HighlightedSequence:
+    """The sequence with each firing residue styled by its normalised activation; without colour,
+    a line of marks under each sequence line says which residues fire and how strongly."""
+
+    def __init__(self, example: ExampleProtein, feature_max: float) -> None:
+        self.sequence = example.protein.sequence
+        self.strength = {r.position: r.value / feature_max if feature_max > 0 else 0.0
+                         for r in example.firing}
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield _sequence_text(self.sequence, self.strength, colourless(console))
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, _sequence_text(self.sequence, self.strength,
+                                                                colourless(console)))
+
+
+def highlighted_sequence(example: ExampleProtein, feature_max: float) -> HighlightedSequence:
+    return HighlightedSequence(example, feature_max)
 
 
 def _example_panel(rank: int, example: ExampleProtein, feature_max: float) -> Panel:
@@ -80,7 +124,7 @@ def _example_panel(rank: int, example: ExampleProtein, feature_max: float) -> Pa
     if protein.protein_name:
         title += f"  {protein.protein_name}"
     parts: list[RenderableType] = [
-        Text(f"{protein.organism or 'organism unknown'} · {protein.length} aa · "
+        data_text(f"{protein.organism or 'organism unknown'} · {protein.length} aa · "
              f"max {example.max_activation:.3g} ({example.normalized:.2f} of the feature's max) · "
              f"{len(example.firing)} firing residues", style="dim"),
         highlighted_sequence(example, feature_max),
@@ -90,18 +134,20 @@ def _example_panel(rank: int, example: ExampleProtein, feature_max: float) -> Pa
         lines = Text("Swiss-Prot features at firing residues:\n", style="bold")
         for feature in features[:MAX_FEATURES]:
             detail = feature.ligand or feature.description or ""
-            lines.append(f"  {feature.type} {_location(feature)}" + (f"  {detail}" if detail else "") + "\n")
+            lines.append(clean(f"  {feature.type} {_location(feature)}" + (f"  {detail}" if detail else ""))
+                         + "\n")
         if len(features) > MAX_FEATURES:
             lines.append(f"  ... {len(features) - MAX_FEATURES} more\n", style="dim")
         parts.append(lines)
     else:
         parts.append(Text("No Swiss-Prot features at the firing residues.", style="dim"))
-    return Panel(Group(*parts), title=title, title_align="left", expand=True)
+    # a str title would be parsed as markup by Panel whatever the console says
+    return Panel(Group(*parts), title=data_text(title), title_align="left", expand=True)
 
 
 def render_feature(examples: FeatureExamples, n_shown: int) -> list[RenderableType]:
     """Header, concepts, the example table, then the top proteins' highlighted sequences."""
-    out: list[RenderableType] = [Text(
+    out: list[RenderableType] = [data_text(
         f"Feature {examples.feature} of SAE {examples.sae_id}: max activation {examples.max_activation:.4g}; "
         f"fires in {examples.frac_proteins:.1%} of {examples.n_indexed:,} indexed proteins and "
         f"{examples.frac_residues:.2%} of their residues.", style="bold")]
@@ -117,7 +163,7 @@ def render_feature(examples: FeatureExamples, n_shown: int) -> list[RenderableTy
             concepts.add_column(column, justify="left" if column == "Concept" else "right")
         for item in examples.top_concepts:
             f1_test = item.get("f1_test")
-            concepts.add_row(str(item.get("concept")), f"{item.get('threshold', 0):g}",
+            concepts.add_row(data_text(item.get("concept")), f"{item.get('threshold', 0):g}",
                              f"{item.get('f1_valid', 0):.3f}", "–" if f1_test is None else f"{f1_test:.3f}")
         out.append(concepts)
     table = Table(title="Examples", title_justify="left", pad_edge=False)
@@ -128,7 +174,8 @@ def render_feature(examples: FeatureExamples, n_shown: int) -> list[RenderableTy
                          no_wrap=column not in ("Protein", "Organism"))
     for example in examples.examples:
         protein = example.protein
-        table.add_row(example.kind, protein.accession, protein.protein_name or "", protein.organism or "",
+        table.add_row(example.kind, data_text(protein.accession), data_text(protein.protein_name),
+                      data_text(protein.organism),
                       f"{example.max_activation:.3g}", f"{example.normalized:.2f}", str(len(example.firing)))
     out.append(table)
     out.append(Text(f"{len(examples.heldout)} held-out proteins are kept apart for scoring.", style="dim"))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from agent.cli._common import console, json_option, open_workspace, print_json, workspace_option
+from agent.cli.index_render import colourless
+from agent.cli.safe_text import clean, data_text
+from storage.csv_safe import write_table
 from storage.errors import InputError, PlmlabelError
 from storage.labels import StoredLabel
 from storage.search import LabelHit, LabelQuery, require_label, search_labels
@@ -29,21 +32,12 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _csv_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def hits_csv(hits: Sequence[LabelHit]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for hit in hits:
-        writer.writerow([_csv_value(getattr(hit, column)) for column in CSV_COLUMNS])
-    return buffer.getvalue()
+    return write_table(CSV_COLUMNS, ([getattr(hit, column) for column in CSV_COLUMNS] for hit in hits))
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 def _hits_table(hits: Sequence[LabelHit]) -> Table:
@@ -58,9 +52,9 @@ def _hits_table(hits: Sequence[LabelHit]) -> Table:
     for hit in hits:
         label = hit.label if hit.status == "ok" else f"(failed) {hit.label or ''}".strip()
         table.add_row(
-            Text(hit.sae_id), str(hit.feature), Text(label or ""), _num(hit.pearson), _num(hit.spearman),
+            data_text(hit.sae_id), str(hit.feature), data_text(label), _num(hit.pearson), _num(hit.spearman),
             "yes" if hit.validated else "no",
-            Text(hit.description or ""),
+            data_text(hit.description),
         )
     return table
 
@@ -90,9 +84,11 @@ def query(text: str, validated: bool, min_score: float | None, sae_id: str | Non
     if as_json:
         print_json([hit.model_dump() for hit in hits])
     elif as_csv:
-        click.echo(hits_csv(hits), nl=False)
+        table = hits_csv(hits)  # exact text for a file or a pipe; on a terminal, controls shown escaped
+        # color=True: click would otherwise strip what looks like ANSI from the exact text of a pipe
+        click.echo(clean(table) if _stdout_is_terminal() else table, nl=False, color=True)
     elif not hits:
-        console.print(Text(f"No labels match {text!r}." if text.strip() else "No labels yet."))
+        console.print(data_text(f"No labels match {text!r}." if text.strip() else "No labels yet."))
     else:
         console.print(_hits_table(hits))
 
@@ -142,8 +138,22 @@ def _load_examples(ws: Workspace, db: Any, sae_id: str, feature: int) -> tuple[A
         return None, str(exc)
 
 
-def _example_window(example: Any) -> Text:
-    sequence: str = example.protein.sequence
+class ExampleWindow:
+    """The residues around an example's peak, firing ones in red; without colour, firing residues
+    are put in brackets (`AC[H]G`) so a pipe or a file keeps the marking."""
+
+    def __init__(self, example: Any) -> None:
+        self.example = example
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield window_text(self.example, plain=colourless(console))
+
+    def __rich_measure__(self, console: Any, options: Any) -> Measurement:
+        return Measurement.get(console, options, window_text(self.example, plain=colourless(console)))
+
+
+def window_text(example: Any, *, plain: bool) -> Text:
+    sequence: str = clean(example.protein.sequence)
     if not example.firing:
         return Text(sequence[: 2 * WINDOW + 1], style="dim")
     peak = max(example.firing, key=lambda r: r.value)
@@ -153,7 +163,12 @@ def _example_window(example: Any) -> Text:
     text = Text(f"{start}-{end} ", style="dim")
     for position in range(start, end + 1):
         residue = sequence[position - 1]
-        text.append(residue, style="bold red" if position in firing else "")
+        if position not in firing:
+            text.append(residue)
+        elif plain:
+            text.append(f"[{residue}]")
+        else:
+            text.append(residue, style="bold red")
     return text
 
 
@@ -174,17 +189,17 @@ def _examples_json(examples: Any) -> list[dict[str, Any]]:
 
 def _render_record(record: StoredLabel) -> None:
     head = Text(f"Feature {record.feature} of SAE ", style="bold")
-    head.append(record.sae_id, style="bold cyan")
+    head.append(clean(record.sae_id), style="bold cyan")
     head.append(f"  ·  status {record.status}", style="dim")
     console.print(head)
     if record.status != "ok":
-        console.print(Text(f"Labeling failed: {record.error or 'no reason recorded'}", style="red"))
+        console.print(data_text(f"Labeling failed: {record.error or 'no reason recorded'}", style="red"))
     if record.label:
-        console.print(Text(record.label, style="bold green"))
+        console.print(data_text(record.label, style="bold green"))
     if record.description:
-        console.print(Text(record.description))
+        console.print(data_text(record.description))
     if record.concepts:
-        console.print(Text("Concepts: " + ", ".join(record.concepts), style="dim"))
+        console.print(data_text("Concepts: " + ", ".join(record.concepts), style="dim"))
     console.print()
     scores = Text("validated", style="bold green") if record.validated else Text("not validated",
                                                                                   style="yellow")
@@ -209,7 +224,7 @@ def _render_record(record: StoredLabel) -> None:
         ("created", record.created_at),
     )
     for name, value in rows:
-        table.add_row(name, Text(value or "–"))
+        table.add_row(name, data_text(value or "–"))
     console.print(table)
 
 
@@ -235,7 +250,7 @@ def _render_plot(record: StoredLabel) -> None:
 def _render_examples(examples: Any, why_not: str | None) -> None:
     console.print()
     if examples is None:
-        console.print(Text(f"No examples: {why_not}", style="dim"), soft_wrap=True)
+        console.print(data_text(f"No examples: {why_not}", style="dim"), soft_wrap=True)
         return
     shown = sorted((ex for ex in examples.examples if ex.kind != "silent"),
                    key=lambda ex: -ex.max_activation)[:N_EXAMPLES_SHOWN]
@@ -244,12 +259,13 @@ def _render_examples(examples: Any, why_not: str | None) -> None:
     table.add_column("Accession", no_wrap=True)
     table.add_column("Max", justify="right", no_wrap=True)
     table.add_column("Protein", ratio=1, overflow="ellipsis", no_wrap=True)
-    table.add_column("Around the peak (firing in red)", no_wrap=True)
+    table.add_column("Around the peak (firing in red, or [X])", no_wrap=True)
     for ex in shown:
         protein = ex.protein.protein_name or ex.protein.entry_name or ""
         if ex.protein.organism:
             protein += f" ({ex.protein.organism})"
-        table.add_row(Text(ex.protein.accession), f"{ex.normalized:.2f}", Text(protein), _example_window(ex))
+        table.add_row(data_text(ex.protein.accession), f"{ex.normalized:.2f}", data_text(protein),
+                      ExampleWindow(ex))
     console.print(table)
 
 

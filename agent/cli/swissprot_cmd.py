@@ -23,6 +23,7 @@ from agent.cli._common import (
     warn,
     workspace_option,
 )
+from agent.cli.safe_text import data_text
 from storage.errors import NotFoundError
 from storage.protein import Protein, ProteinFeature
 from storage.proteins import ImportResult, get_protein, import_files, import_proteins, protein_stats
@@ -38,7 +39,7 @@ class _Reporter:
     def __init__(self) -> None:
         self.warnings = 0
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
             TimeElapsedColumn(), console=err_console, disable=not progress_enabled(),
         )
         self._tasks: dict[str, int] = {}
@@ -206,7 +207,7 @@ def render_protein(protein: Protein) -> Panel:
     else:
         parts.append(Text("no features", style="dim"))
     title = protein.accession + (f" · {protein.entry_name}" if protein.entry_name else "")
-    return Panel(Group(*parts), title=title, title_align="left")
+    return Panel(Group(*parts), title=data_text(title), title_align="left")  # a str title is markup
 
 
 COMMANDS = [swissprot]
