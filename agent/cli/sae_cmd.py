@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from agent.cli._common import (
+    FiniteFloat,
     console,
     err_console,
     json_option,
@@ -90,13 +91,13 @@ def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str 
 @click.option("--d-sae", type=click.IntRange(min=1), required=True, help="Number of features.")
 @click.option("--k", type=click.IntRange(min=1), default=None,
               help="Active features per residue for topk/batchtopk (default 32).")
-@click.option("--l1", type=click.FloatRange(min=0), default=None, help="relu: L1 coefficient (default 5).")
-@click.option("--l0", type=click.FloatRange(min=0), default=None,
+@click.option("--l1", type=FiniteFloat(min=0), default=None, help="relu: L1 coefficient (default 5).")
+@click.option("--l0", type=FiniteFloat(min=0), default=None,
               help="jumprelu: L0 coefficient (default 1).")
 @click.option("--tokens", type=click.IntRange(min=1), default=10_000_000, show_default=True,
               help="Residues to train on (the embeddings are looped over as often as needed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=1000, show_default=True,
