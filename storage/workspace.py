@@ -160,6 +160,12 @@ class Workspace:
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{self.config_path}: {where}: {first['msg']}.") from exc
 
+    def save_config(self, config: Config) -> None:
+        """Write `config` as the workspace's plmlabel.toml (atomically: a crash leaves the old file)."""
+        tmp = self.config_path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
+        tmp.write_text(config_to_toml(config))
+        os.replace(tmp, self.config_path)
+
     def db(self):
         """Open the workspace database (migrating it); a missing, empty or damaged file is refused."""
         from storage.db import Database
