@@ -260,3 +260,26 @@ def test_a_feature_off_the_sequence_is_dropped_with_a_warning(swissprot_dir, wor
         "dropped"]
     shown = cli("swissprot", "show", "P31946", "--workspace", workspace.root, "--json").json()
     assert not [f for f in shown["features"] if f["type"] == "Chain" and f["end"] == 400]
+
+
+@pytest.mark.parametrize("which", ["workspace", "folder only", "database only"])
+def test_import_into_a_read_only_workspace_is_one_line_and_changes_nothing(which, swissprot_dir, workspace,
+                                                                           cli):
+    from tests.readonly import read_only
+
+    cli("swissprot", "import", swissprot_dir / "sprot_sample.tsv", "--workspace", workspace.root)
+    files = sorted(workspace.root.iterdir())
+    before = {p.name: p.read_bytes() for p in files if p.is_file()}
+    targets = {"workspace": [workspace.root, workspace.db_path, workspace.config_path],
+               "folder only": [workspace.root], "database only": [workspace.db_path]}[which]
+    with read_only(*targets):
+        result = cli("swissprot", "import", swissprot_dir / "sprot_sample.json",
+                     "--workspace", workspace.root)
+    reason = ("attempt to write a readonly database" if which == "database only"
+              else "unable to open database file")
+    assert result.exit_code == 2
+    assert _stderr_lines(result) == [
+        f"error: cannot write to {workspace.db_path}: the workspace is read-only ({reason}); "
+        "nothing was changed."]
+    assert {p.name: p.read_bytes() for p in files if p.is_file()} == before
+    assert cli("swissprot", "stats", "--workspace", workspace.root, "--json").json()["proteins"] == 6
