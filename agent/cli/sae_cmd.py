@@ -172,17 +172,23 @@ def eval_(workspace: str | None, sae_id: str, n_proteins: int, seed: int, device
     if as_json:
         print_json(result.model_dump())
         return
-    title = f"{sae_id}: {result.n_proteins} {result.heldout} proteins, {result.n_tokens:,} residues"
+    title = f"{sae_id}: {result.describe_proteins()}, {result.n_tokens:,} residues"
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    dead = f"{result.dead_fraction:.4g} over these {result.n_tokens:,} residues"
     rows = [("MSE", result.mse), ("variance explained", result.fve), ("L0", result.l0),
-            ("dead fraction", result.dead_fraction), ("loss recovered", result.loss_recovered),
+            ("dead fraction (fire on no residue)", dead)]
+    rows += [("loss recovered", result.loss_recovered),
             ("CE clean / SAE / zero", None if result.ce_clean is None else
              f"{result.ce_clean:.4f} / {result.ce_sae:.4f} / {result.ce_zero:.4f}")]
     for name, value in rows:
         table.add_row(name, "-" if value is None else value if isinstance(value, str) else f"{value:.4g}")
     console.print(table)
+    if result.index_dead_fraction is not None:
+        console.print(f"dead fraction in the index (same definition): {result.index_dead_fraction:.4g} "
+                      f"over its {result.index_n_tokens:,} residues of {result.index_n_proteins:,} proteins; "
+                      "fewer residues here leave more features silent.", soft_wrap=True)
 
 
 @sae.command("list")
