@@ -335,7 +335,7 @@ def header_problem(path: Path) -> str | None:
     if header[21:24] != b"\x40\x20\x20":
         return "its header is scrambled"
     if size % page_size:
-        return f"its size ({size:,} bytes) is not a whole number of {page_size}-byte pages (truncated?)"
+        return f"it was cut short: {size:,} bytes is not a whole number of {page_size}-byte pages"
     pages = int.from_bytes(header[28:32], "big")
     valid = header[24:28] == header[92:96]
     if valid and pages and pages * page_size > size:
