@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from storage.errors import DamagedDatabaseError, InputError, PlmlabelError, ReadOnlyError
+from storage.errors import DamagedDatabaseError, InputError, NotFoundError, PlmlabelError, ReadOnlyError
 
 SCHEMA_VERSION = 1
 
@@ -230,10 +230,13 @@ class Database:
         else:
             path = Path(path)
             size = path.stat().st_size if path.exists() else None
-            if not size and not create:
-                state = "is missing" if size is None else "is damaged: it is empty (0 bytes)"
-                raise DamagedDatabaseError(f"{path} {state}; nothing was changed: restore it from a backup, "
-                                           "or run `plmlabel init` to start an empty database.")
+            if size is None and not create:
+                raise NotFoundError(f"{path} is missing; restore it from a backup, or run `plmlabel init` to "
+                                    "start an empty database.")
+            if size == 0 and not create:
+                raise DamagedDatabaseError(f"{path} is damaged: it is empty (0 bytes); nothing was changed: "
+                                           "restore it from a backup, or run `plmlabel init` to start an "
+                                           "empty database.")
             if size:
                 problem = header_problem(path)
                 if problem:
@@ -250,7 +253,10 @@ class Database:
             database.migrate()
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise sqlite_error(exc, Path(path)) from exc
+            mapped = sqlite_error(exc, Path(path))
+            if mapped is exc:
+                raise
+            raise mapped from exc
         except BaseException:
             conn.close()
             raise
@@ -311,7 +317,9 @@ class Database:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.close()
         if isinstance(exc, sqlite3.DatabaseError) and self.path is not None:
-            raise sqlite_error(exc, self.path) from exc
+            mapped = sqlite_error(exc, self.path)
+            if mapped is not exc:  # a damaged, read-only, full or locked file: one line, exit 2
+                raise mapped from exc
 
 
 _HEADER = b"SQLite format 3\x00"
@@ -334,6 +342,11 @@ def header_problem(path: Path) -> str | None:
         return f"its header gives an impossible page size ({page_size})"
     if header[21:24] != b"\x40\x20\x20":
         return "its header is scrambled"
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        # A checkpoint cut short (kill -9) can leave page 1 ahead of the file's end; SQLite recovers it
+        # from the WAL, so the size checks wait for quick_check.
+        return None
     if size % page_size:
         return f"it was cut short: {size:,} bytes is not a whole number of {page_size}-byte pages"
     pages = int.from_bytes(header[28:32], "big")

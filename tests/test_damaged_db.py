@@ -228,3 +228,24 @@ def test_database_open_refuses_before_connecting(tmp_path):
     with pytest.raises(DamagedDatabaseError, match="impossible page size"):
         Database.open(path)
     assert not (tmp_path / "x.db-wal").exists()
+
+
+def test_a_database_with_a_pending_wal_is_not_taken_for_damaged(tmp_path):
+    """What kill -9 leaves (committed rows only in the -wal file) opens, and the rows are there."""
+    import shutil
+
+    ws = Workspace(tmp_path / "ws")
+    ws.init()
+    writer = sqlite3.connect(ws.db_path)
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.executemany("insert into runs (run_id, status) values (?, 'completed')",
+                       [(f"r{i}",) for i in range(2000)])
+    writer.commit()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("plmlabel.db", "plmlabel.db-wal", "plmlabel.toml"):
+        shutil.copy(ws.root / name, copy / name)  # as a crash leaves it: the writer never closed
+    writer.close()
+    assert (copy / "plmlabel.db-wal").stat().st_size > 0
+    with Workspace(copy).db() as db:
+        assert db.table("runs").count == 2000
