@@ -107,6 +107,16 @@ def _choose_plm(ws: Workspace, settings: DemoSettings, report: DemoReporter) -> 
     return str(path), True
 
 
+def _name_the_model_used(ws: Workspace, config: Config, plm: str, layer: int) -> Config:
+    """Make plmlabel.toml name the ESM-2 and layer the demo embeds with (the random checkpoint when it
+    fell back), so every command of the README's tour run in the demo workspace reads the same model."""
+    if config.plm.model == plm and config.plm.layer == layer:
+        return config
+    config = config.model_copy(update={"plm": config.plm.model_copy(update={"model": plm, "layer": layer})})
+    ws.save_config(config)
+    return config
+
+
 def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None = None) -> DemoSummary:
     """Run every stage; raise a PlmlabelError (one sentence) when one cannot go on."""
     from agent.export_bundle import gather_bundle
@@ -144,6 +154,7 @@ def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None 
 
     plm, random_plm = _choose_plm(ws, settings, report)
     layer = settings.layer if settings.layer is not None else DEMO_LAYER
+    config = _name_the_model_used(ws, config, plm, layer)
     report.stage("embed", f"{Path(plm).name if random_plm else plm}, layer {layer}")
     embedded = embed_proteins(ws, plm, layer, None, config.plm.max_tokens, "auto", "auto",
                               progress=lambda done, total: report.progress(done, total, "residues"))

@@ -44,7 +44,7 @@ def parse_only(path: Path) -> int:
 
 
 def parse_and_import(path: Path) -> int:
-    with tempfile.TemporaryDirectory() as folder, Database.open(Path(folder) / "bench.db") as db:
+    with tempfile.TemporaryDirectory() as folder, Database.open(Path(folder) / "bench.db", create=True) as db:
         return import_files(db, [path], on_warning=_quiet).total
 
 

@@ -6,7 +6,11 @@ embedded proteins):
   mse             mean squared error per embedding element, in the raw embedding space
   fve             fraction of variance explained: 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2
   l0              mean number of active features per residue
-  dead_fraction   fraction of features that never fire on these residues (a small sample overstates it)
+  dead_fraction   fraction of features that fire on no residue of the proteins evaluated (over n_tokens
+                  residues): the definition of the activation index's dead features too, which counts
+                  them over every indexed protein, so a small sample here overstates it. When the SAE
+                  has an index built from its current weights, its figure is reported beside
+                  (index_dead_fraction over index_n_tokens residues).
   loss_recovered  (CE_zero - CE_sae) / (CE_zero - CE_clean), masked-LM cross-entropy of ESM-2 on 15% of
                   residues (seeded, all replaced by <mask>) with the layer's residue activations left as
                   they are (clean), replaced by the SAE's reconstruction (sae) or by zeros (zero).
@@ -48,6 +52,10 @@ class EvalResult(BaseModel):
     sae_id: str | None = None
     heldout: str  # "training split" or "sample"
     n_proteins: int
+    n_requested: int = 0  # --proteins
+    n_available: int = 0  # the proteins the split (or the whole store, for a sample) offered
+    n_stored: int = 0  # embedded proteins in the store
+    holdout_fraction: float | None = None  # the training split's held-out fraction
     n_tokens: int
     mse: float
     fve: float | None  # None when the residues have no variance
@@ -61,6 +69,24 @@ class EvalResult(BaseModel):
     n_masked: int = 0
     seed: int = 0
     seconds: float = 0.0
+    index_dead_fraction: float | None = None  # from the SAE's index, when built from these weights
+    index_n_tokens: int | None = None
+    index_n_proteins: int | None = None
+
+    def describe_proteins(self) -> str:
+        """Which proteins were evaluated, and why fewer than asked when they were."""
+        if self.heldout == "training split":
+            share = f"{self.holdout_fraction:.0%} " if self.holdout_fraction else ""
+            text = f"{self.n_proteins:,} held-out proteins of the training split"
+            if self.n_proteins < self.n_requested:
+                text += (f" (all it holds out: {share}of the {self.n_stored:,} embedded; the rest trained "
+                         f"the SAE, so --proteins {self.n_requested} could not be met)")
+            return text
+        text = f"{self.n_proteins:,} embedded proteins (a seeded sample; the SAE has no training split here)"
+        if self.n_proteins < self.n_requested:
+            text = (f"{self.n_proteins:,} embedded proteins (all that are embedded; --proteins "
+                    f"{self.n_requested} could not be met)")
+        return text
 
     def metrics(self) -> dict[str, Any]:
         return self.model_dump(exclude={"sae_id"})
@@ -70,7 +96,10 @@ class EvalResult(BaseModel):
 
 
 def choose_proteins(store: EmbeddingStore, sae: SAE, n: int, seed: int) -> tuple[list[str], str]:
-    """Up to `n` held-out proteins of the store, seeded; and how they were chosen."""
+    """Up to `n` held-out proteins of the store, seeded; and how they were chosen.
+
+    When the SAE was trained here, only its training split's held-out proteins are candidates (the others
+    trained it), so fewer than `n` come back when the split holds out fewer."""
     accessions = store.accessions()
     if not accessions:
         raise InputError(f"no embedded proteins in {store.path}; run `plmlabel embed` first.")
@@ -258,7 +287,14 @@ def evaluate_sae(sae: SAE, store: EmbeddingStore, *, n_proteins: int = 100, seed
     done += len(accessions)
     if progress:
         progress(done, total)
-    result: dict[str, Any] = {**recon, "heldout": kind, "n_proteins": len(accessions), "seed": seed}
+    split = (sae.cfg.training or {}).get("holdout") or {}
+    stored = store.accessions()
+    available = (sum(1 for a in stored if is_heldout(a, float(split["fraction"]), str(split["salt"])))
+                 if kind == "training split" else len(stored))
+    fraction = float(split["fraction"]) if kind == "training split" else None
+    result: dict[str, Any] = {**recon, "heldout": kind, "n_proteins": len(accessions), "seed": seed,
+                              "n_requested": n_proteins, "n_available": available, "n_stored": len(stored),
+                              "holdout_fraction": fraction}
     if plm is not None:
         layer = sae.cfg.layer if sae.cfg.layer is not None else int(store.manifest["layer"])
         found = sequences(accessions) if callable(sequences) else (sequences or {})
@@ -314,6 +350,23 @@ def evaluate_in_workspace(workspace: Workspace, sae_id: str, *, n_proteins: int 
     result = evaluate_sae(sae, store, n_proteins=n_proteins, seed=seed, plm=plm,
                           sequences=lambda accessions: _sequences(workspace, accessions), progress=progress)
     result.sae_id = record.sae_id
+    _index_dead(workspace, record, result)
     with workspace.db() as db:
         set_sae_metrics(db, sae_id, result.metrics())
     return result
+
+
+def _index_dead(workspace: Workspace, record: Any, result: EvalResult) -> None:
+    """The dead fraction of the SAE's index (same definition, over every indexed residue), when current."""
+    from sae.index_store import IndexReader
+
+    try:
+        reader = IndexReader(workspace.index_path(record.sae_id))
+    except (NotFoundError, InputError, ValueError, OSError):
+        return
+    manifest = reader.manifest
+    if manifest.get("weights_hash") != record.weights_hash or "n_dead" not in manifest:
+        return
+    result.index_dead_fraction = int(manifest["n_dead"]) / max(reader.d_sae, 1)
+    result.index_n_tokens = reader.n_residues
+    result.index_n_proteins = reader.n_proteins

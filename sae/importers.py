@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,30 @@ def read_tensor_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return read_weights(path)
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError... for anything not a state dict
-        lines = str(exc).strip().splitlines()
-        reason = lines[-1] if lines else type(exc).__name__
-        raise InputError(f"{path} is not a readable torch state dict ({reason}).") from exc
+        raise InputError(f"{path} is not a readable torch state dict ({_load_failure(exc)}).") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]  # a Lightning checkpoint
     if not isinstance(data, dict):
         raise InputError(f"{path} does not hold a state dict.")
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
+
+
+def _load_failure(exc: Exception) -> str:
+    """The reason torch.load gave, without its paragraphs of advice (re-run with weights_only=False, read
+    the docs): not one sentence, and not advice for our users, who are not to unpickle arbitrary code."""
+    if isinstance(exc, EOFError):
+        return "the file ends early: empty or cut short"
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        first = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        reason = first.split(". ")[0].rstrip(".")
+        return f"not a PyTorch file of tensors only: {reason}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0].removesuffix(".") if lines else type(exc).__name__
 
 
 def _strip_prefix(tensors: dict[str, torch.Tensor], anchor: str) -> dict[str, torch.Tensor]:

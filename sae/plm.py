@@ -18,6 +18,8 @@ fair-esm tokenises them); lowercase is uppercased; anything else is an InputErro
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import warnings
 from argparse import Namespace
@@ -148,13 +150,16 @@ def _hub_load(name: str, url: str) -> dict:
 
     These files come from fair-esm's own URLs and are unpickled as fair-esm does it (torch.hub's
     weights_only=False); the scoped Namespace allowance covers fair-esm's plain torch.load fallback.
+    torch.hub writes `Downloading: "<url>" to <path>` on stdout before it tries: swallowed here, so an
+    offline attempt ends in our one message only and `--json` output stays JSON.
     """
     import esm.pretrained
 
     cached = _hub_cached(url)
     was_cached = cached.exists()
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals([Namespace]):
+        with warnings.catch_warnings(), torch.serialization.safe_globals([Namespace]), \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             return esm.pretrained.load_hub_workaround(url)
     except Exception as exc:  # URLError/OSError offline; fair-esm re-raises HTTP errors as bare Exception

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from storage.errors import InputError
+from storage.errors import DamagedDatabaseError, InputError, NotFoundError, PlmlabelError, ReadOnlyError
 
 SCHEMA_VERSION = 3
 
@@ -292,25 +292,53 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 class Database:
     """The workspace database. Use `Database.open(path)` (or `":memory:"` in tests)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, path: Path | None = None) -> None:
         self.db = db
+        self.path = path
 
     @classmethod
-    def open(cls, path: str | Path) -> Database:
+    def open(cls, path: str | Path, *, create: bool = False) -> Database:
+        """Open (and migrate) the database at `path`.
+
+        A missing or empty file is given a fresh schema only with `create=True` (`plmlabel init`);
+        otherwise it is refused, as is a damaged file (DamagedDatabaseError) and a read-only one when a
+        write is needed (ReadOnlyError): all before anything is written.
+        """
         if str(path) == ":memory:":
             conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
             path = Path(path)
-            if path.exists() and path.stat().st_size and not _is_sqlite(path):
-                raise InputError(f"{path} is not an SQLite database.")
+            size = path.stat().st_size if path.exists() else None
+            if size is None and not create:
+                raise NotFoundError(f"{path} is missing; restore it from a backup, or run `plmlabel init` to "
+                                    "start an empty database.")
+            if size == 0 and not create:
+                raise DamagedDatabaseError(f"{path} is damaged: it is empty (0 bytes); nothing was changed: "
+                                           "restore it from a backup, or run `plmlabel init` to start an "
+                                           "empty database.")
+            if size:
+                problem = header_problem(path)
+                if problem:
+                    raise DamagedDatabaseError(damaged_message(path, problem))
             conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA busy_timeout = 30000")
-        if str(path) != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        database = cls(sqlite_utils.Database(conn))
-        database.migrate()
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if str(path) != ":memory:":
+                _quick_check(conn, Path(path))
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            database = cls(sqlite_utils.Database(conn), None if str(path) == ":memory:" else Path(path))
+            database.migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            mapped = sqlite_error(exc, Path(path))
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        except BaseException:
+            conn.close()
+            raise
         return database
 
     # --- schema -----------------------------------------------------------------------------------
@@ -365,10 +393,83 @@ class Database:
     def __enter__(self) -> Database:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.close()
+        if isinstance(exc, sqlite3.DatabaseError) and self.path is not None:
+            mapped = sqlite_error(exc, self.path)
+            if mapped is not exc:  # a damaged, read-only, full or locked file: one line, exit 2
+                raise mapped from exc
 
 
-def _is_sqlite(path: Path) -> bool:
+_HEADER = b"SQLite format 3\x00"
+# Files up to this size get a full `PRAGMA quick_check` on every open (about 1.5 ms per MB); a larger one
+# gets the header checks here, and damage in pages a command reads still ends as one line
+# (`Database.__exit__`). `plmlabel check` always runs the full checks.
+QUICK_CHECK_MAX_BYTES = 64 << 20
+
+
+def header_problem(path: Path) -> str | None:
+    """What is wrong with the 100-byte header of an SQLite file (or its size), None when it looks sound."""
+    size = path.stat().st_size
     with open(path, "rb") as handle:
-        return handle.read(16) == b"SQLite format 3\x00"
+        header = handle.read(100)
+    if len(header) < 100 or header[:16] != _HEADER:
+        return "it is not an SQLite database: bad header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"its header gives an impossible page size ({page_size})"
+    if header[21:24] != b"\x40\x20\x20":
+        return "its header is scrambled"
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size:
+        # A checkpoint cut short (kill -9) can leave page 1 ahead of the file's end; SQLite recovers it
+        # from the WAL, so the size checks wait for quick_check.
+        return None
+    if size % page_size:
+        return f"it was cut short: {size:,} bytes is not a whole number of {page_size}-byte pages"
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]
+    if valid and pages and pages * page_size > size:
+        return f"it is truncated: {size:,} of {pages * page_size:,} bytes"
+    return None
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    if path.stat().st_size > QUICK_CHECK_MAX_BYTES:
+        conn.execute("select count(*) from sqlite_master").fetchone()
+        return
+    rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    if rows and rows[0][0] != "ok":
+        detail = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
+        raise DamagedDatabaseError(damaged_message(path, f"quick_check: {detail}"))
+
+
+def damaged_message(path: Path, reason: str) -> str:
+    return (f"{path} is damaged ({reason}); nothing was changed: restore it from a backup "
+            "(`plmlabel check` lists the problems).")
+
+
+_DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_CORRUPT_INDEX", "SQLITE_CORRUPT_SEQUENCE",
+                 "SQLITE_CORRUPT_VTAB", "SQLITE_IOERR_SHORT_READ"}
+_READONLY_CODES = {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_READONLY_DIRECTORY",
+                   "SQLITE_READONLY_CANTINIT", "SQLITE_READONLY_RECOVERY", "SQLITE_READONLY_DBMOVED",
+                   "SQLITE_READONLY_CANTLOCK", "SQLITE_PERM", "SQLITE_AUTH"}
+
+
+def sqlite_error(exc: sqlite3.DatabaseError, path: Path) -> Exception:
+    """The one-line PlmlabelError for an sqlite3 error on the workspace database at `path`."""
+    if isinstance(exc, PlmlabelError):
+        return exc
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = " ".join(str(exc).split())
+    if name in _DAMAGE_CODES or "malformed" in text or "not a database" in text:
+        return DamagedDatabaseError(damaged_message(path, text))
+    if name in _READONLY_CODES or "readonly" in text or "unable to open" in text:
+        return ReadOnlyError(f"cannot write to {path}: the workspace is read-only ({text}); nothing was "
+                             "changed.")
+    if name == "SQLITE_FULL":
+        return InputError(f"cannot write to {path}: the disk is full; nothing was changed.")
+    if name.startswith("SQLITE_BUSY") or "locked" in text:
+        return InputError(f"{path} is locked by another process ({text}); try again when it is done.")
+    return exc

@@ -2,7 +2,9 @@
 
     PlmlabelError            anything the user can cause; the CLI prints its message as one line
     ├── InputError           a bad file, bad sequence, bad id or bad argument (exit code 2)
-    │   └── ParseError       a record that cannot be parsed; names the file and the record/line
+    │   ├── ParseError       a record that cannot be parsed; names the file and the record/line
+    │   ├── DamagedDatabaseError  plmlabel.db is missing, empty, truncated or corrupt (nothing written)
+    │   └── ReadOnlyError    the workspace cannot be written (nothing written)
     ├── NotFoundError        something named that is not there: an SAE, an index, weights (exit code 2)
     ├── ConfigError          a missing API key, a bad plmlabel.toml (exit code 2)
     ├── LockedError          another job holds the workspace lock (exit code 4)
@@ -42,6 +44,14 @@ class ParseError(InputError):
         self.line = line
         self.record = record
         self.reason = message
+
+
+class DamagedDatabaseError(InputError):
+    """The workspace database is damaged (or missing/empty where one must exist)."""
+
+
+class ReadOnlyError(InputError):
+    """A write to the workspace was refused by the file system."""
 
 
 class NotFoundError(PlmlabelError):

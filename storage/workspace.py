@@ -20,7 +20,8 @@ WORKSPACE_ENV = "PLMLABEL_WORKSPACE"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # nan and inf are valid TOML floats but never a valid setting (a budget of nan is never reached)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PlmConfig(_Section):
@@ -136,7 +137,7 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         if created:
             self.config_path.write_text(config_to_toml(config or Config()))
-        Database.open(self.db_path).close()
+        Database.open(self.db_path, create=True).close()
         return created
 
     def require(self) -> Workspace:
@@ -159,8 +160,14 @@ class Workspace:
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{self.config_path}: {where}: {first['msg']}.") from exc
 
+    def save_config(self, config: Config) -> None:
+        """Write `config` as the workspace's plmlabel.toml (atomically: a crash leaves the old file)."""
+        tmp = self.config_path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
+        tmp.write_text(config_to_toml(config))
+        os.replace(tmp, self.config_path)
+
     def db(self):
-        """Open the workspace database (creating or migrating it)."""
+        """Open the workspace database (migrating it); a missing, empty or damaged file is refused."""
         from storage.db import Database
 
         return Database.open(self.db_path)

@@ -81,3 +81,25 @@ def test_demo_cli_json(tmp_path, cli):
     summary = json.loads(result.stdout)
     assert summary["n_labeled"] == 4 and summary["plm_random"] is False
     assert (tmp_path / "ws" / "viewer" / "index.html").exists()
+
+
+def test_the_demo_workspace_names_the_model_it_used_and_is_git_ignored(demo_run):
+    """The README's tour run inside the demo workspace reads the ESM-2 the embeddings came from."""
+    from pathlib import Path
+
+    ws, _recorder, summary, settings = demo_run
+    plm = ws.load_config().plm
+    assert (plm.model, plm.layer) == (settings.plm, settings.layer) == (summary.plm_model, summary.layer)
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
+    assert "/plmlabel-demo/" in ignored
+
+
+def test_a_fallback_to_the_random_esm_is_named_in_the_toml(tmp_path):
+    from agent.demo import DEMO_LAYER, _name_the_model_used
+
+    ws = Workspace(tmp_path / "ws")
+    ws.init()
+    random_plm = str(ws.root / "models" / "esm2_random_t6_320.pt")
+    config = _name_the_model_used(ws, ws.load_config(), random_plm, DEMO_LAYER)
+    assert ws.load_config() == config and config.plm.model == random_plm and config.plm.layer == DEMO_LAYER
+    assert config.label == ws.load_config().label  # the other settings kept

@@ -178,6 +178,20 @@ def test_hub_name_offline_and_not_cached_is_not_found(tmp_path, monkeypatch):
         load_esm("esm2_t6_8M_UR50D", device="cpu")
 
 
+def test_a_failed_hub_download_prints_nothing_before_our_message(tmp_path, monkeypatch, capfd):
+    """torch.hub wrote `Downloading: ...` on stdout ahead of the "no weights" warning (and into --json)."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(NotFoundError):
+        load_esm("esm2_t6_8M_UR50D", device="cpu")
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err and out == ""
+
+
 def test_hub_name_loads_from_the_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     spec = ESM2_MODELS["esm2_t6_8M_UR50D"]

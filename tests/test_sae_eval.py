@@ -190,3 +190,35 @@ def test_import_cli_then_eval_without_the_lm(setup, tmp_path):
     assert metrics["heldout"] == "sample" and metrics["loss_recovered"] is None
     assert metrics["mse"] > 0 and metrics["l0"] > 0
     assert Path(imported.json()["path"]).name == "ip"
+
+
+def test_eval_says_which_split_why_fewer_and_one_dead_definition(setup):
+    """--proteins defaults to 100 but the training split holds out 5% of 60: the title says so; the dead
+    fraction says over how many residues, and the index's figure (same definition) stands beside it."""
+    from sae.index import build_index
+
+    ws, _, _ = setup
+    metrics = invoke("sae", "eval", "tk", "--workspace", ws.root, "--no-loss-recovered", "--json").json()
+    assert metrics["n_requested"] == 100 and metrics["n_stored"] == 60 and metrics["holdout_fraction"] == 0.05
+    assert metrics["n_proteins"] == metrics["n_available"] < 100
+    plain = invoke("sae", "eval", "tk", "--workspace", ws.root, "--no-loss-recovered")
+    assert plain.exit_code == 0, plain.stderr
+    text = " ".join(plain.stdout.split())
+    assert (f"tk: {metrics['n_proteins']} held-out proteins of the training split (all it holds out: 5% of "
+            "the 60 embedded; the rest trained the SAE, so --proteins 100 could not be met), "
+            f"{metrics['n_tokens']:,} residues") in text
+    assert f"{metrics['dead_fraction']:.4g} over these {metrics['n_tokens']:,} residues" in text
+    assert "dead fraction in the index" not in text
+
+    summary = build_index(ws, "tk", seed=0)
+    after = invoke("sae", "eval", "tk", "--workspace", ws.root, "--no-loss-recovered", "--json").json()
+    assert after["index_dead_fraction"] == summary.n_dead_features / summary.n_features
+    assert (after["index_n_tokens"], after["index_n_proteins"]) == (summary.n_residues, summary.n_proteins)
+    assert after["index_dead_fraction"] <= after["dead_fraction"]  # more residues, fewer never fire
+    plain = invoke("sae", "eval", "tk", "--workspace", ws.root, "--no-loss-recovered", "--json")
+    table = invoke("sae", "eval", "tk", "--workspace", ws.root, "--no-loss-recovered").stdout
+    assert plain.exit_code == 0
+    assert table.splitlines()[-1] == (
+        f"dead fraction in the index (same definition): {after['index_dead_fraction']:.4g} over its "
+        f"{summary.n_residues:,} residues of {summary.n_proteins:,} proteins; fewer residues here leave more "
+        "features silent.")

@@ -40,9 +40,9 @@ def _snapshot(workspace) -> list[tuple]:
 def test_import_each_shared_file_then_reimport(name, count, swissprot_dir, workspace, cli):
     first = cli("swissprot", "import", swissprot_dir / name, "--workspace", workspace.root, "--json")
     assert first.exit_code == 0, first.stderr
-    assert first.json() == {"imported": count, "updated": 0, "unchanged": 0, "total": count}
+    assert first.json() == {"imported": count, "updated": 0, "unchanged": 0, "total": count, "skipped": 0}
     again = cli("swissprot", "import", swissprot_dir / name, "--workspace", workspace.root, "--json")
-    assert again.json() == {"imported": 0, "updated": 0, "unchanged": count, "total": count}
+    assert again.json() == {"imported": 0, "updated": 0, "unchanged": count, "total": count, "skipped": 0}
     stats = cli("swissprot", "stats", "--workspace", workspace.root, "--json").json()
     assert stats["proteins"] == count
     assert stats["features"] == sum(stats["by_type"].values())
@@ -192,10 +192,57 @@ def test_one_bad_record_among_good_ones(swissprot_dir, workspace, cli, tmp_path)
     assert _snapshot(workspace) == [("features", 0)]
 
     result = cli("swissprot", "import", mixed, "--workspace", workspace.root, "--json")
-    assert result.exit_code == 0
-    assert result.json() == {"imported": 2, "updated": 0, "unchanged": 0, "total": 2}
+    assert result.exit_code == 1  # exit 0 only when every record was imported
+    assert result.json() == {"imported": 2, "updated": 0, "unchanged": 0, "total": 2, "skipped": 1}
     assert _stderr_lines(result) == [
-        f"skipped: {mixed}, record P62258, line 513: {DIGIT}"]
+        f"error: partial import: 1 of 3 records skipped "
+        f"(the first: {mixed}, record P62258, line 513: {DIGIT}); the others were stored. "
+        "--verbose lists every skipped record, --strict imports nothing when any record is bad."]
+    assert [row[0] for row in _snapshot(workspace)[:-1]] == ["P31946", "Q04917"]
+
+    verbose = cli("swissprot", "import", mixed, "--workspace", workspace.root, "--verbose")
+    assert verbose.exit_code == 1
+    assert _stderr_lines(verbose)[0] == f"skipped: {mixed}, record P62258, line 513: {DIGIT}"
+    assert _stderr_lines(verbose)[1].startswith("error: partial import: 1 of 3 records skipped")
+
+
+def test_a_truncated_flat_file_imports_the_good_records_and_exits_1(swissprot_dir, workspace, cli, tmp_path):
+    cut = tmp_path / "cut.dat"
+    cut.write_text("".join(_records(swissprot_dir)[:3])[:-200])  # the third record loses its end
+    result = cli("swissprot", "import", cut, "--workspace", workspace.root)
+    assert result.exit_code == 1
+    assert result.stdout.strip() == ("2 proteins read: 2 imported, 0 updated, 0 unchanged; "
+                                     "1 bad records skipped.")
+    (line,) = _stderr_lines(result)
+    assert line.startswith(f"error: partial import: 1 of 3 records skipped (the first: {cut}, record ")
+    assert "the file ends inside this record" in line
+
+
+def test_strict_prints_its_one_error_line_and_no_warnings(swissprot_dir, workspace, cli, tmp_path):
+    sample = swissprot_dir / "sprot_sample.dat.gz"
+    with gzip.open(sample, "rt") as handle:
+        text = handle.read()
+    cut = tmp_path / "cut.dat"
+    cut.write_text(text[: len(text) // 2])  # many isoform warnings before the truncated last record
+    result = cli("swissprot", "import", cut, "--strict", "--workspace", workspace.root)
+    assert result.exit_code == 2
+    (line,) = _stderr_lines(result)
+    assert line.startswith(f"error: {cut}, record ") and "the file ends inside this record" in line
+    assert _snapshot(workspace) == [("features", 0)]
+
+
+def test_isoform_warnings_of_a_real_file_are_counted_and_verbose_lists_them(swissprot_dir, workspace, cli):
+    sample = swissprot_dir / "sprot_sample.dat.gz"
+    result = cli("swissprot", "import", sample, "--workspace", workspace.root)
+    assert result.exit_code == 0
+    assert _stderr_lines(result) == [
+        "note: 93 features on other isoforms dropped (only canonical sequences are stored; normal for "
+        "UniProt files, --verbose lists them)."]
+    verbose = cli("swissprot", "import", sample, "--workspace", workspace.root, "--verbose")
+    lines = _stderr_lines(verbose)
+    assert verbose.exit_code == 0 and len(lines) == 93
+    assert all(line.startswith(f"warning: {sample}, record ") and line.endswith("lies on another sequence; "
+                                                                              "dropped") for line in lines)
 
 
 def test_a_feature_off_the_sequence_is_dropped_with_a_warning(swissprot_dir, workspace, cli, tmp_path):
@@ -213,3 +260,26 @@ def test_a_feature_off_the_sequence_is_dropped_with_a_warning(swissprot_dir, wor
         "dropped"]
     shown = cli("swissprot", "show", "P31946", "--workspace", workspace.root, "--json").json()
     assert not [f for f in shown["features"] if f["type"] == "Chain" and f["end"] == 400]
+
+
+@pytest.mark.parametrize("which", ["workspace", "folder only", "database only"])
+def test_import_into_a_read_only_workspace_is_one_line_and_changes_nothing(which, swissprot_dir, workspace,
+                                                                           cli):
+    from tests.readonly import read_only
+
+    cli("swissprot", "import", swissprot_dir / "sprot_sample.tsv", "--workspace", workspace.root)
+    files = sorted(workspace.root.iterdir())
+    before = {p.name: p.read_bytes() for p in files if p.is_file()}
+    targets = {"workspace": [workspace.root, workspace.db_path, workspace.config_path],
+               "folder only": [workspace.root], "database only": [workspace.db_path]}[which]
+    with read_only(*targets):
+        result = cli("swissprot", "import", swissprot_dir / "sprot_sample.json",
+                     "--workspace", workspace.root)
+    reason = ("attempt to write a readonly database" if which == "database only"
+              else "unable to open database file")
+    assert result.exit_code == 2
+    assert _stderr_lines(result) == [
+        f"error: cannot write to {workspace.db_path}: the workspace is read-only ({reason}); "
+        "nothing was changed."]
+    assert {p.name: p.read_bytes() for p in files if p.is_file()} == before
+    assert cli("swissprot", "stats", "--workspace", workspace.root, "--json").json()["proteins"] == 6

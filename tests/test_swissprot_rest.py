@@ -101,9 +101,9 @@ def test_fetch_command_imports_into_the_workspace(server, workspace, cli):
             "--workspace", workspace.root, "--json")
     result = cli(*args)
     assert result.exit_code == 0, result.stderr
-    assert result.json() == {"imported": 5, "updated": 0, "unchanged": 0, "total": 5}
+    assert result.json() == {"imported": 5, "updated": 0, "unchanged": 0, "total": 5, "skipped": 0}
     again = cli(*args)
-    assert again.json() == {"imported": 0, "updated": 0, "unchanged": 5, "total": 5}
+    assert again.json() == {"imported": 0, "updated": 0, "unchanged": 5, "total": 5, "skipped": 0}
     shown = cli("swissprot", "show", "A2A368", "--workspace", workspace.root, "--json").json()
     assert shown["entry_name"] == "MAGBG_HUMAN"
 

@@ -7,7 +7,9 @@ Command modules are imported only when their command runs (`LazyGroup`), so `plm
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import sqlite3
 import sys
 
 import click
@@ -32,6 +34,7 @@ COMMAND_MODULES: dict[str, str] = {
     "demo": "agent.cli.demo_cmd",
     "suggest": "agent.cli.suggest_cmd",
     "steer": "agent.cli.steer_cmd",
+    "check": "agent.cli.check_cmd",
 }
 
 
@@ -51,6 +54,22 @@ class LazyGroup(click.Group):
                 return command
         raise RuntimeError(f"{module_name} does not define the command {cmd_name!r}")
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMAND_MODULES and not ctx.resilient_parsing:
+            close = difflib.get_close_matches(name, list(COMMAND_MODULES), n=3)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise click.UsageError(f"No such command {name!r}.{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """A click usage error as one line: the message, then where the help is."""
+    message = " ".join(exc.format_message().split())
+    where = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "plmlabel --help"
+    return f"{message} (see `{where}`)"
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="plmlabel")
@@ -68,9 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         err_console.print("[red]aborted[/red]", markup=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.UsageError as exc:
+        err_console.print(f"[red]error:[/red] {escape(usage_line(exc))}", soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        err_console.print(f"[red]error:[/red] {escape(' '.join(exc.format_message().split()))}",
+                          soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)
+    except sqlite3.DatabaseError as exc:  # one not raised inside `with workspace.db()`: still one line
+        err_console.print(f"[red]error:[/red] {escape(' '.join(f'database error: {exc}'.split()))}",
+                          soft_wrap=True, markup=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/red]", markup=True)
         sys.exit(130)

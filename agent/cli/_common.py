@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -34,6 +35,18 @@ def workspace_option(func: F) -> F:
         show_envvar=True,
         help="Workspace folder (default: the current folder).",
     )(func)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float flag that refuses nan and inf (which every range check lets through) at parse time."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def json_option(func: F) -> F:

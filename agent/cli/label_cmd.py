@@ -20,6 +20,7 @@ from rich.table import Table
 from agent.backends import BACKENDS
 from agent.batch import BatchSettings, BatchSummary, label_batch
 from agent.cli._common import (
+    FiniteFloat,
     console,
     err_console,
     json_option,
@@ -151,7 +152,7 @@ Exit codes (for schedulers):
               help="Use the provider's batch API (half price): collect ended batches, submit new work, "
                    "return (or --wait).")
 @click.option("--wait", is_flag=True, help="With --batch: poll until every batch is collected.")
-@click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--poll-interval", type=FiniteFloat(min=0, min_open=True), metavar="SECONDS",
               help="With --batch --wait: seconds between polls (default 60).")
 @click.option("--backend", type=click.Choice(list(BACKENDS)),
               help="Default: anthropic if ANTHROPIC_API_KEY is set, else openai if OPENAI_API_KEY, "
@@ -159,7 +160,7 @@ Exit codes (for schedulers):
 @click.option("--model", help="Model name (default: [label] model in plmlabel.toml, else the backend's).")
 @click.option("--base-url", help="Server URL, e.g. an OpenAI-compatible server (vLLM, Ollama, LM Studio).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Features labeled at once.")
-@click.option("--budget-usd", type=click.FloatRange(min=0), help="Stop starting features past this spend.")
+@click.option("--budget-usd", type=FiniteFloat(min=0), help="Stop starting features past this spend.")
 @click.option("--dry-run", is_flag=True, help="Print the prompts and the estimated cost; send nothing.")
 @workspace_option
 @json_option

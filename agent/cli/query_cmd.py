@@ -11,7 +11,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from agent.cli._common import console, json_option, open_workspace, print_json, workspace_option
+from agent.cli._common import FiniteFloat, console, json_option, open_workspace, print_json, workspace_option
 from agent.cli.index_render import colourless
 from agent.cli.safe_text import clean, data_text
 from storage.csv_safe import write_table
@@ -62,7 +62,8 @@ def _hits_table(hits: Sequence[LabelHit]) -> Table:
 @click.command()
 @click.argument("text", required=False, default="")
 @click.option("--validated", is_flag=True, help="Only labels whose score cleared the threshold.")
-@click.option("--min-score", type=float, default=None, help="Only labels with Pearson r at least this.")
+@click.option("--min-score", type=FiniteFloat(), default=None,
+              help="Only labels with Pearson r at least this.")
 @click.option("--sae", "sae_id", default=None, help="Only labels of this SAE.")
 @click.option("--concept", default=None,
               help="Only features with this concept (substring of a label concept or a Swiss-Prot concept).")

@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from agent.cli._common import (
+    FiniteFloat,
     console,
     err_console,
     json_option,
@@ -90,13 +91,13 @@ def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str 
 @click.option("--d-sae", type=click.IntRange(min=1), required=True, help="Number of features.")
 @click.option("--k", type=click.IntRange(min=1), default=None,
               help="Active features per residue for topk/batchtopk (default 32).")
-@click.option("--l1", type=click.FloatRange(min=0), default=None, help="relu: L1 coefficient (default 5).")
-@click.option("--l0", type=click.FloatRange(min=0), default=None,
+@click.option("--l1", type=FiniteFloat(min=0), default=None, help="relu: L1 coefficient (default 5).")
+@click.option("--l0", type=FiniteFloat(min=0), default=None,
               help="jumprelu: L0 coefficient (default 1).")
 @click.option("--tokens", type=click.IntRange(min=1), default=10_000_000, show_default=True,
               help="Residues to train on (the embeddings are looped over as often as needed).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4096, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=3e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -171,17 +172,23 @@ def eval_(workspace: str | None, sae_id: str, n_proteins: int, seed: int, device
     if as_json:
         print_json(result.model_dump())
         return
-    title = f"{sae_id}: {result.n_proteins} {result.heldout} proteins, {result.n_tokens:,} residues"
+    title = f"{sae_id}: {result.describe_proteins()}, {result.n_tokens:,} residues"
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    dead = f"{result.dead_fraction:.4g} over these {result.n_tokens:,} residues"
     rows = [("MSE", result.mse), ("variance explained", result.fve), ("L0", result.l0),
-            ("dead fraction", result.dead_fraction), ("loss recovered", result.loss_recovered),
+            ("dead fraction (fire on no residue)", dead)]
+    rows += [("loss recovered", result.loss_recovered),
             ("CE clean / SAE / zero", None if result.ce_clean is None else
              f"{result.ce_clean:.4f} / {result.ce_sae:.4f} / {result.ce_zero:.4f}")]
     for name, value in rows:
         table.add_row(name, "-" if value is None else value if isinstance(value, str) else f"{value:.4g}")
     console.print(table)
+    if result.index_dead_fraction is not None:
+        console.print(f"dead fraction in the index (same definition): {result.index_dead_fraction:.4g} "
+                      f"over its {result.index_n_tokens:,} residues of {result.index_n_proteins:,} proteins; "
+                      "fewer residues here leave more features silent.", soft_wrap=True)
 
 
 @sae.command("list")
