@@ -109,7 +109,8 @@ def _choose_plm(ws: Workspace, settings: DemoSettings, report: DemoReporter) -> 
 def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None = None) -> DemoSummary:
     """Run every stage; raise a PlmlabelError (one sentence) when one cannot go on."""
     from agent.export_bundle import gather_bundle
-    from agent.job import FeatureSelection, LabelOptions, label
+    from agent.labeling.selection import FeatureSelection
+    from agent.labeling.setup import LabelOptions, label
     from sae.concepts import evaluate_sae_concepts, store_concepts
     from sae.embed import embed_proteins
     from sae.index import build_index

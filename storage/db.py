@@ -21,7 +21,7 @@ import sqlite_utils
 
 from storage.errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> str:
@@ -206,7 +206,17 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["batches"].create_index(["sae_id", "status"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_label_trace(db: sqlite_utils.Database) -> None:
+    """labels.trace (JSON: how a stage that investigates reached its label) and labels.oneshot_pearson
+    (the one-shot test score kept beside the final one). Safe to run on a database that has them."""
+    columns = {c.name for c in db["labels"].columns}
+    if "trace" not in columns:
+        db["labels"].add_column("trace", str)
+    if "oneshot_pearson" not in columns:
+        db["labels"].add_column("oneshot_pearson", float)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_label_trace]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -59,6 +59,8 @@ class LabelRecord(BaseModel):
     output_tokens: int | None = None
     cost_usd: float | None = None
     run_id: str | None = None
+    trace: str | None = None  # JSON, from a stage that investigates (the agent loop)
+    oneshot_pearson: float | None = None  # the one-shot test score, beside an agent's final one
     created_at: str = Field(default_factory=utcnow)
 
 

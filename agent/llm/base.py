@@ -278,7 +278,7 @@ class ProviderBackend(ABC):
     async def retrying(self, call: Callable[[], Awaitable[R]], what: str = "request") -> R:
         """`call()` under this provider's retry policy; ProviderError when it cannot succeed.
 
-        Also what the batch APIs (agent/batch_api.py) send their calls through.
+        Also what the batch APIs (agent/llm/batch_api.py) send their calls through.
         """
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(lambda e: self.classify(e) == "retry"),

@@ -47,7 +47,7 @@ class OpenAIBackend(ProviderBackend):
 
     @property
     def client(self) -> openai.AsyncOpenAI:
-        """The SDK client (the batch APIs in agent/batch_api.py use it)."""
+        """The SDK client (the batch APIs in agent/llm/batch_api.py use it)."""
         return self._client
 
     def build_params(self, request: LLMRequest[Any]) -> dict[str, Any]:
