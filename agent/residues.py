@@ -113,10 +113,11 @@ def residue_windows(
                 break
         for start, end in spans:
             actual = tuple(values.get(p, 0.0) for p in range(start, end + 1))
-            windows.append(
-                Window(key=f"w{len(windows) + 1}", protein=protein, start=start, end=end, actual=actual)
-            )
-    return windows
+            windows.append(Window(key="", protein=protein, start=start, end=end, actual=actual))
+    # Shown by accession and position, so neither the order of proteins nor which of a protein's two
+    # windows comes first says where the feature fires.
+    windows.sort(key=lambda w: (w.protein.accession, w.start))
+    return [w.model_copy(update={"key": f"w{i + 1}"}) for i, w in enumerate(windows)]
 
 
 def format_window(window: Window) -> str:
@@ -128,7 +129,7 @@ def format_window(window: Window) -> str:
     ]
     annotations = "; ".join(f"{annotation_name(f)} ({position_text(f)})" for f in overlapping[:12])
     lines = [
-        f"protein: {clean(protein.accession)} {clean(protein.name, 120)}",
+        f"protein: {clean(protein.accession)} {clean(protein.protein_name, 120)}",
         f"positions: {window.start}-{window.end} ({window.end - window.start + 1} residues)",
         f"annotations overlapping the window: {annotations or '(none)'}",
         f"residues: {' '.join(window.residues)}",

@@ -186,6 +186,8 @@ def test_sigterm_interrupts_cleanly(cli, ws, monkeypatch):
                      "--concurrency", "2", "-w", ws.root)
         killer.join()
     assert result.exit_code == 130 and "Traceback" not in result.stderr, result.stderr
+    assert "labels stored by run" in result.stderr and "rerun the same command to continue" in result.stderr
+    assert "aborted" not in result.stderr
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
     with ws.db() as db:
         run = db.query("select status, n_labeled, message from runs")[0]
@@ -202,3 +204,22 @@ def test_no_index_on_disk_is_one_clear_error_and_no_run(cli, workspace, swisspro
     assert "Traceback" not in result.stderr
     with workspace.db() as db:
         assert db.query("select count(*) as n from runs")[0]["n"] == 0
+
+
+def test_exclusive_selectors_say_so_and_name_those_given(cli, ws):
+    result = cli("label", "planted", "--top", "5", "--all", "-w", ws.root)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "are exclusive" in result.stderr and "--all and --top were given" in result.stderr
+    assert labels(ws) == []
+
+
+def test_a_key_echoed_by_the_server_is_not_printed(cli, ws, monkeypatch):
+    secret = "sk-ant-ECHOED-4711-do-not-print"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    with FakeLLM(script=["401_echo"]) as fake:
+        result = cli("label", "planted", "--features", "0-2", "--backend", "anthropic", "--base-url",
+                     fake.anthropic_url, "-w", ws.root)
+    assert result.exit_code == 1
+    assert "[redacted]" in result.stderr + result.stdout
+    assert secret not in result.stderr + result.stdout
+    assert all(secret not in (x.error or "") for x in labels(ws))

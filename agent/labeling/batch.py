@@ -120,6 +120,7 @@ class BatchTransport:
         self.settings, self.batch, self.on_event = settings, batch, on_event
         self.db, self.sae_id = writer.db, writer.sae_id
         self.stored: set[int] = set()  # features this run stored
+        self.poll_failed = False  # the provider kept failing while polling: stop collecting too
         assert writer.batch is not None
         self.section = writer.batch
 
@@ -145,7 +146,7 @@ class BatchTransport:
     async def collect_ready(self) -> None:
         """Collect every ended batch; leave the others in flight."""
         for row in self.mine():
-            if self.writer.stop_status == "failed":
+            if self.poll_failed:
                 return
             try:
                 state = await self.api.poll(row.batch_id)
@@ -178,6 +179,7 @@ class BatchTransport:
             self.event(f"gave up on {row.stage} batch {row.batch_id}: {reason}")
         else:  # retries are spent: the provider keeps failing; the batch stays for the next run
             self.writer.warn(f"could not collect batch {row.batch_id} ({exc.reason}); it stays in flight")
+            self.poll_failed = True
             why = "a fatal error" if exc.fatal else "the provider kept failing"
             self.writer.stop("failed", f"stopped after {why}: {exc.reason}")
 
@@ -452,7 +454,9 @@ async def run_batch(
         await transport.collect_ready()
         if not writer.stopped:
             await transport.submit_new(features)
-        while batch.wait and writer.stop_status in (None, "budget_exhausted") and transport.mine():
+        # A stop submits nothing new; what is in flight is still collected (as the synchronous
+        # transport finishes its work in flight), unless the provider itself keeps failing.
+        while batch.wait and not transport.poll_failed and transport.mine():
             await sleep(batch.poll_interval_s)
             await transport.collect_ready()
     finally:

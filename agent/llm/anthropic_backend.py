@@ -43,6 +43,7 @@ class AnthropicBackend(ProviderBackend):
         key = os.environ.get(self.key_env)
         if not key:
             raise ConfigError(f"the anthropic backend needs an API key: set {self.key_env}.")
+        self.secrets = (key,)
         if structured == "auto":
             structured = "tool" if self.model.startswith(_TOOL_MODE_PREFIXES) else "json_schema"
         self.structured: Literal["json_schema", "tool"] = structured

@@ -39,6 +39,7 @@ class OpenAIBackend(ProviderBackend):
                 f"the openai backend needs an API key: set {self.key_env} "
                 "(or pass --base-url for an OpenAI-compatible server that needs none)."
             )
+        self.secrets = (key,) if key else ()
         import openai  # imported when used: it takes a second, and most commands never need it
 
         self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
