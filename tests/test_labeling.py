@@ -5,12 +5,13 @@ by a server never kept or shown."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
-from agent.backends import make_labeler
+from agent.backends import Labeler, make_labeler
 from agent.labeling.batch import BatchSettings
-from agent.labeling.protocol import placeholder_work
+from agent.labeling.protocol import CallStage, ExplainStage, SimulateStage, placeholder_work
 from agent.labeling.runner import run_job
 from agent.labeling.writer import JobSettings
 from agent.llm import RetryPolicy
@@ -243,3 +244,40 @@ def test_a_key_echoed_by_a_proxy_is_never_stored_or_shown(tmp_path, examples, ke
     db.close()
     raw = b"".join(p.read_bytes() for p in (tmp_path / "ws").glob("plmlabel.db*"))
     assert SECRET.encode() not in raw
+
+
+# --- a further stage plugs in without touching the transports -----------------------------------------
+class Investigate(CallStage):
+    """Stands in for the agent loop: it converses on its own (here: one real call), keeps a trace and a
+    one-shot score, and may revise the explanation."""
+
+    name = "agent"
+
+    async def run(self, work, llm):
+        request = SimulateStage().request(work)
+        result = await llm.generate(request)
+        work.trace = {"steps": [{"tool": "simulate", "n": len(result.parsed.model_dump())}]}
+        work.test_pearson = 0.42
+        work.explanation = work.explanation.model_copy(
+            update={"label": work.explanation.label + " (revised)"}
+        )
+        return result.usage
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_further_stage_plugs_in_and_its_trace_is_stored(tmp_path, examples, keys, transport):
+    db = new_db(tmp_path, "ws", examples)
+    with FakeLLM() as fake:
+        base = labeler("openai", fake)
+        lab = Labeler(
+            "openai", base.model, [ExplainStage(), Investigate(), SimulateStage()], base.llm, batch=True
+        )
+        summary = run(db, examples[:3], lab, transport)
+    assert summary.ok and summary.n_labeled == 3
+    for feature in range(3):
+        stored = get_label(db, "planted", feature)
+        assert stored.label.endswith("(revised)") and stored.oneshot_pearson == 0.42
+        assert json.loads(stored.trace) == {
+            "steps": [{"tool": "simulate", "n": len(examples[feature].heldout)}]
+        }
+        assert stored.cost_usd > 0

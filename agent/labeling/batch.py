@@ -45,6 +45,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent.backends import Labeler
+from agent.labeling.batch_lines import Entry, PendingLine, answer_line, missing
 from agent.labeling.estimate import estimate_cost
 from agent.labeling.examples import LoadExamples, load_or_fail
 from agent.labeling.protocol import (
@@ -67,7 +68,6 @@ from agent.llm import (
     ProviderError,
     Usage,
     batch_api,
-    parse_output,
 )
 from storage.errors import PlmlabelError
 from storage.labels import BatchRow, close_batch, in_flight_features, open_batches, record_batch
@@ -79,19 +79,6 @@ class BatchSettings(BaseModel):
     wait: bool = False
     poll_interval_s: float = Field(60.0, gt=0)
     max_requests: int = Field(DEFAULT_MAX_REQUESTS, ge=1)
-
-
-class PendingLine(BaseModel):
-    """What collecting one batch line needs (stored per custom_id in `batches.requests`)."""
-
-    feature: int
-    stage: str
-    index: int  # the stage's position in the labeler's stages
-    prompt_versions: dict[str, str | None]
-    carried: dict[str, Any]
-
-
-Entry = tuple[str, dict[str, Any], PendingLine]  # (custom_id, SDK parameters, what collecting needs)
 
 
 class _Line(BaseModel):
@@ -195,7 +182,7 @@ class BatchTransport:
             if pending.feature in elsewhere:  # its next request went out before a crash
                 return None
             async with semaphore:
-                return await self._line(pending, results.get(custom_id) or _missing(state))
+                return await self._line(pending, results.get(custom_id) or missing(state))
 
         lines = [x for x in await asyncio.gather(*(one(c, d) for c, d in row.requests.items())) if x]
         follow = [x.follow for x in lines if x.follow is not None]
@@ -247,7 +234,7 @@ class BatchTransport:
         assert isinstance(stage, RequestStage) and stage.name == pending.stage
         request = stage.request(work)
         assert request is not None
-        parsed, usage, cost, error, fatal = await self._answer(item, request)
+        parsed, usage, cost, error, fatal = await answer_line(self.api, self.labeler, item, request)
         if error is not None:
             return fail(error, usage, cost, fatal)
         work.spend(usage, cost)
@@ -309,39 +296,6 @@ class BatchTransport:
             return None
 
         return defer
-
-    async def _answer(
-        self, item: LineResult, request: LLMRequest[Any]
-    ) -> tuple[Any, Usage, float | None, str | None, bool]:
-        """(parsed, usage, cost, error, fatal) of one batch line; a malformed answer gets one repair call."""
-        if item.error is not None:
-            return None, Usage(), 0.0, item.error, False
-        try:
-            reply = self.api.reply(item.raw, request)
-        except ValueError as exc:
-            return None, Usage(), 0.0, f"unusable batch answer: {str(exc).splitlines()[0][:200]}", False
-        usage, cost = reply.usage, self.labeler.cost(reply.usage, batch=True)
-        try:
-            return parse_output(reply.text, request), usage, cost, None, False
-        except ValueError as exc:
-            first_error = str(exc)
-        try:
-            repaired = await self.llm.repair(request, reply, first_error)
-        except LLMError as exc:
-            return (
-                None,
-                usage + exc.usage,
-                add_cost(cost, self.labeler.cost(exc.usage)),
-                exc.reason,
-                exc.fatal,
-            )
-        return (
-            repaired.parsed,
-            usage + repaired.usage,
-            add_cost(cost, self.labeler.cost(repaired.usage)),
-            None,
-            False,
-        )
 
     # --- submitting -------------------------------------------------------------------------------
     async def _submit(self, entries: Sequence[Entry]) -> None:
@@ -430,11 +384,6 @@ class BatchTransport:
             self.writer.stop("failed", f"stopped: a batch could not be submitted: {exc.reason}")
             return False
         return True
-
-
-def _missing(state: BatchState) -> LineResult:
-    why = state.detail or f"the batch ended ({state.status}) without a result for it"
-    return LineResult(error=f"no answer: {why}")
 
 
 async def run_batch(
