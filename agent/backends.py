@@ -142,7 +142,7 @@ def BaselineLabeler() -> Labeler:  # noqa: N802 - reads like the class it used t
 # Order matters: the first backend whose key is set is the default.
 BACKENDS: dict[str, BackendSpec] = {
     name: BackendSpec(name, PROVIDERS[name].key_env, PROVIDERS[name].default_model, _llm_builder(name))
-    for name in ("anthropic", "openai")
+    for name in PROVIDERS  # in registration order: the first whose key is set is the default
 }
 BACKENDS["baseline"] = BackendSpec(
     "baseline", None, BASELINE_MODEL, _baseline_builder, sends_prompts=False, fallback=True

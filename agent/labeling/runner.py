@@ -92,6 +92,8 @@ async def run_job(
             writer.stop("failed", f"stopped by an unexpected error: {type(exc).__name__}: {exc}")
         raise
     finally:
+        if db.db.conn.in_transaction:  # an interrupt landed between a BEGIN and its commit: undo that part
+            db.db.conn.rollback()
         summary = writer.close(status, backend_reason=backend_reason)
         with suppress(Exception):
             await labeler.aclose()
