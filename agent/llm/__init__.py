@@ -3,9 +3,9 @@
     LLMBackend.generate(LLMRequest[T]) -> LLMResult[T]     (parsed pydantic object + Usage + model)
 
 Providers are looked up in PROVIDERS by name (`make_llm("anthropic", model=..., base_url=...)`);
-a new provider is one module with a ProviderBackend subclass (its key variable and default model
-are class attributes, its prices an entry in agent/pricing.py) and one `register_provider` call
-here, naming its batch API class (agent/llm/batch_api.py) or None.
+a new provider is one module with a ProviderBackend subclass (its key variable, default model and
+prices are class attributes) and one `register_provider` call here, naming its batch API class
+(agent/llm/batch_api.py) or None.
 The offline `baseline` labeler is no LLM and lives in agent/baseline.py; agent/backends.py puts
 the three user-facing backends (anthropic, openai, baseline) behind one registry.
 """

@@ -30,6 +30,7 @@ import tenacity
 from pydantic import BaseModel, ValidationError
 
 import prompts
+from agent.llm.prices import Price
 
 log = logging.getLogger("plmlabel.llm")
 
@@ -242,6 +243,7 @@ class ProviderBackend(ABC):
     name: ClassVar[str]
     key_env: ClassVar[str]
     default_model: ClassVar[str]
+    prices: ClassVar[Mapping[str, Price]] = {}  # model -> USD per million tokens (agent/pricing.py)
 
     def __init__(
         self,
