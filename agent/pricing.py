@@ -1,11 +1,11 @@
 """What a request costs: a price table per model, in USD per million tokens.
 
 Each provider module lists its models (`ProviderBackend.prices`); this module joins them into one
-table. Prices are the providers' published list prices as last checked (November 2026; they change: edit
-the provider's prices, a label keeps the cost computed when it was made). Models we could not check a price for
-are left out on purpose: an unknown model costs None, never a guess, and the job labels anyway and
-warns. A dated snapshot ("claude-sonnet-4-5-20250929", "gpt-4o-2024-08-06") uses its family's
-price. Batch APIs bill half the price of every line.
+table. Prices are the providers' published list prices as last checked (November 2026; they
+change: edit the provider's prices, a label keeps the cost computed when it was made). Models we
+could not check a price for are left out on purpose: an unknown model costs None, never a guess,
+and the job labels anyway and warns. A dated snapshot ("claude-sonnet-4-5-20250929",
+"gpt-4o-2024-08-06") uses its family's price. Batch APIs bill half the price of every line.
 
 Token kinds follow Anthropic's split (OpenAI usage is normalised to it in agent/llm): `input`
 excludes cached tokens, `cache_read` are tokens served from the prompt cache, `cache_write` are
