@@ -37,6 +37,7 @@ every batch created, so tests can assert that nothing was submitted twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -45,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -218,7 +219,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         for route_method, pattern, handler in fake.routes:
             match = pattern.fullmatch(path)
             if route_method == method and match:
-                reply = handler(fake, body, dict(self.headers.items()), match)
+                with fake.counting_in_flight():
+                    reply = handler(fake, body, dict(self.headers.items()), match)
                 break
         else:
             reply = Reply(404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
@@ -269,6 +271,8 @@ class FakeLLM:
         self.timeout_sleep = timeout_sleep
         self.retry_after = retry_after
         self.requests: list[Recorded] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the most requests it was answering at once
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._seen_systems: set[str] = set()
@@ -329,6 +333,17 @@ class FakeLLM:
         return self.url + "/v1"
 
     # --- bookkeeping ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def counting_in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
     def next_action(self) -> str:
         with self._lock:
             if self.script:

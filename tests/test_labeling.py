@@ -281,3 +281,17 @@ def test_a_further_stage_plugs_in_and_its_trace_is_stored(tmp_path, examples, ke
             "steps": [{"tool": "simulate", "n": len(examples[feature].heldout)}]
         }
         assert stored.cost_usd > 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_concurrency_bounds_every_call_on_both_transports(tmp_path, examples, keys, transport):
+    """Batch repairs (synchronous calls made while collecting) respect --concurrency like sync calls."""
+    db = new_db(tmp_path, "ws", examples)
+    script = ["bad_answer"] * 8 if transport == "batch" else []  # every explain line of the batch malformed
+    with FakeLLM(latency=0.05, script=script) as fake:
+        summary = run(db, examples[:8], labeler("openai", fake), transport, concurrency=2)
+        repairs = [r for r in fake.requests if r.path == "/v1/chat/completions" and r.n_messages >= 3]
+        peak = fake.peak_in_flight
+    assert summary.ok and summary.n_labeled == 8
+    assert len(repairs) == (8 if transport == "batch" else 0)
+    assert peak == 2  # in parallel, never more than --concurrency
