@@ -207,9 +207,12 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 
 
 def _migration_label_trace(db: sqlite_utils.Database) -> None:
-    """labels.trace (JSON: how a stage that investigates reached its label) and labels.oneshot_pearson
-    (the one-shot test score kept beside the final one). Safe to run on a database that has them."""
+    """labels.trace (JSON: how a stage that investigates reached its label), labels.oneshot_pearson
+    (the one-shot test score kept beside the final one) and labels.residue_prompt_version (the
+    per-residue pass's prompt). Safe to run on a database that has them."""
     columns = {c.name for c in db["labels"].columns}
+    if "residue_prompt_version" not in columns:
+        db["labels"].add_column("residue_prompt_version", str)
     if "trace" not in columns:
         db["labels"].add_column("trace", str)
     if "oneshot_pearson" not in columns:

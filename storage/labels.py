@@ -55,6 +55,7 @@ class LabelRecord(BaseModel):
     explain_prompt_version: str | None = None
     simulate_prompt: str | None = None
     simulate_prompt_version: str | None = None
+    residue_prompt_version: str | None = None  # set when the per-residue pass ran
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None

@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+import prompts
 from agent.backends import Labeler, make_labeler
 from agent.labeling.batch import BatchSettings
 from agent.labeling.protocol import CallStage, ExplainStage, SimulateStage, placeholder_work
@@ -123,6 +124,7 @@ def test_the_residue_pass_is_stored_and_exported(tmp_path, examples, keys, trans
         assert summary.ok and "residue_simulation" in stages
         stored = get_label(db, "planted", 0)
         assert stored.residue_pearson is not None
+        assert stored.residue_prompt_version == prompts.load("residues").version
         from agent.export_bundle import gather_bundle
 
         write_export(gather_bundle(ws, db, "planted", "jsonl"), "jsonl", tmp_path / "out")

@@ -267,6 +267,7 @@ class RunWriter:
             "explain_prompt_version": versions.get("explain"),
             "simulate_prompt": "simulate" if versions.get("simulate") else None,
             "simulate_prompt_version": versions.get("simulate"),
+            "residue_prompt_version": versions.get("residues") if outcome.n_residues else None,
             "input_tokens": outcome.usage.total_input,
             "output_tokens": outcome.usage.output_tokens,
             "cost_usd": outcome.cost_usd if self.priced else None,
