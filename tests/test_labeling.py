@@ -297,3 +297,56 @@ def test_concurrency_bounds_every_call_on_both_transports(tmp_path, examples, ke
     assert summary.ok and summary.n_labeled == 8
     assert len(repairs) == (8 if transport == "batch" else 0)
     assert peak == 2  # in parallel, never more than --concurrency
+
+
+# --- the real index, end to end through the command ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_residue_pass_on_a_real_index_through_the_command(cli, swissprot_dir, tmp_path, keys, provider):
+    """No loader is patched: the examples and held-out residue activations come from `plmlabel index`."""
+    from tests.index_fixtures import TM_FEATURE, ZF_FEATURE, copy_template
+
+    ws = copy_template(swissprot_dir, tmp_path / "ws")
+    features = f"{TM_FEATURE},{ZF_FEATURE}"
+    with FakeLLM() as fake:
+        url = fake.anthropic_url if provider == "anthropic" else fake.openai_url
+        dry = cli(
+            "label",
+            "planted",
+            "--features",
+            features,
+            "--backend",
+            provider,
+            "--residue-pass",
+            "--dry-run",
+            "--json",
+            "-w",
+            ws.root,
+        )
+        result = cli(
+            "label",
+            "planted",
+            "--features",
+            features,
+            "--backend",
+            provider,
+            "--base-url",
+            url,
+            "--residue-pass",
+            "--json",
+            "-w",
+            ws.root,
+        )
+        stages = {r.stage for r in fake.requests}
+    assert dry.exit_code == 0 and {r["stage"] for r in dry.json()["features"][0]["requests"]} == {
+        "explain",
+        "simulate",
+        "residues",
+    }
+    assert result.exit_code in (0, 1), result.stderr
+    assert "residue_simulation" in stages
+    with ws.db() as db:
+        stored = get_label(db, "planted", TM_FEATURE)
+    assert stored.status == "ok" and stored.residue_pearson is not None and stored.residue_pearson > 0.5
+    shown = cli("show", "planted", str(TM_FEATURE), "-w", ws.root)
+    assert "per-residue r" in shown.stdout
