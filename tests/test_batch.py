@@ -364,3 +364,26 @@ def test_sigterm_while_waiting_exits_130_and_leaves_the_batch_in_flight(cli, ws,
     assert [r.status for r in runs(ws)] == ["interrupted"]
     assert "collected by the next run" in runs(ws)[0].message
     assert [b.status for b in batches(ws)] == ["submitted"]
+
+
+@pytest.mark.parametrize("stage", ["explain", "simulate"])
+def test_batches_submitted_before_the_protocol_was_one_are_collected(cli, ws, fake, stage):
+    """Rows written by the earlier batch job (their own per-stage fields) are read as the same lines."""
+    assert batch(cli, ws, fake, "openai", "--features", "0-2").exit_code == 0
+    if stage == "simulate":
+        assert batch(cli, ws, fake, "openai", "--features", "0-2").exit_code == 0
+    [row] = [b for b in batches(ws) if b.status == "submitted"]
+    old = {}
+    for custom_id, line in row.requests.items():
+        carried = line["carried"]
+        old[custom_id] = {"feature": line["feature"], "stage": line["stage"],
+                          "prompt_versions": line["prompt_versions"], "index_hash": carried["index_hash"]}
+        if stage == "simulate":
+            old[custom_id].update(heldout=carried["heldout"], explanation=carried["explanation"],
+                                  explain_usage=carried["usage"], explain_cost=carried["cost"])
+    with ws.db() as db:
+        db.execute("UPDATE batches SET requests = ? WHERE batch_id = ?", (json.dumps(old), row.batch_id))
+    result = batch(cli, ws, fake, "openai", "--features", "0-2", "--wait", "--poll-interval", "0.01")
+    assert result.exit_code == 0, result.stderr
+    stored = labels(ws)
+    assert len(stored) == 3 and all(x.status == "ok" and x.cost_usd > 0 for x in stored.values())

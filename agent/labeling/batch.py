@@ -45,7 +45,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent.backends import Labeler
-from agent.labeling.batch_lines import Entry, PendingLine, answer_line, missing
+from agent.labeling.batch_lines import Entry, PendingLine, answer_line, missing, read_pending
 from agent.labeling.estimate import estimate_cost
 from agent.labeling.examples import LoadExamples, load_or_fail
 from agent.labeling.protocol import (
@@ -149,7 +149,7 @@ class BatchTransport:
         if exc.status == 404:  # the provider no longer has it (or never had it under this key)
             reason = f"the provider no longer knows batch {row.batch_id} ({exc.reason})"
             outcomes = []
-            for pending in map(PendingLine.model_validate, row.requests.values()):
+            for pending in map(read_pending, row.requests.values()):
                 carried = pending.carried
                 outcomes.append(
                     failed(
@@ -178,7 +178,7 @@ class BatchTransport:
         semaphore = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(custom_id: str, data: dict[str, Any]) -> _Line | None:
-            pending = PendingLine.model_validate(data)
+            pending = read_pending(data)
             if pending.feature in elsewhere:  # its next request went out before a crash
                 return None
             async with semaphore:

@@ -1,8 +1,8 @@
 """One line of a provider batch: what collecting it needs, and its answer parsed like a synchronous one.
 
-    PendingLine       stored per custom_id in `batches.requests`: feature, stage, the work so far
-    answer_line(...)  (parsed, usage, cost, error, fatal): batch price; a malformed answer gets the one
-                      repair of the synchronous path, sent as a normal (full-price) call
+PendingLine       stored per custom_id in `batches.requests`: feature, stage, the work so far
+answer_line(...)  (parsed, usage, cost, error, fatal): batch price; a malformed answer gets the one
+                  repair of the synchronous path, sent as a normal (full-price) call
 """
 
 from __future__ import annotations
@@ -24,6 +24,33 @@ class PendingLine(BaseModel):
     index: int  # the stage's position in the labeler's stages
     prompt_versions: dict[str, str | None]
     carried: dict[str, Any]  # FeatureWork.carried() when the request went out
+
+
+def read_pending(data: dict[str, Any]) -> PendingLine:
+    """A stored line; lines written before the protocol was one (explain/simulate with their own
+    fields) are read as the same explain (stage 0) and simulate (stage 1) lines."""
+    if "carried" in data:
+        return PendingLine.model_validate(data)
+    carried = {
+        "explanation": data.get("explanation"),
+        "usage": data.get("explain_usage") or {},
+        "cost": data.get("explain_cost", 0.0) if data.get("explain_usage") is not None else 0.0,
+        "index_hash": data.get("index_hash"),
+        "simulation": None,
+        "residues": None,
+        "trace": None,
+        "test_pearson": None,
+        "pending": {},
+    }
+    if data["stage"] != "explain":  # old explain lines did not record the held-out accessions
+        carried["heldout"] = data.get("heldout") or []
+    return PendingLine(
+        feature=data["feature"],
+        stage=data["stage"],
+        index=0 if data["stage"] == "explain" else 1,
+        prompt_versions=data.get("prompt_versions") or {},
+        carried=carried,
+    )
 
 
 Entry = tuple[str, dict[str, Any], PendingLine]  # (custom_id, SDK parameters, what collecting needs)
