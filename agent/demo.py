@@ -120,7 +120,8 @@ def _name_the_model_used(ws: Workspace, config: Config, plm: str, layer: int) ->
 def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None = None) -> DemoSummary:
     """Run every stage; raise a PlmlabelError (one sentence) when one cannot go on."""
     from agent.export_bundle import gather_bundle
-    from agent.job import FeatureSelection, LabelOptions, label
+    from agent.labeling.selection import FeatureSelection
+    from agent.labeling.setup import LabelOptions, label
     from sae.concepts import evaluate_sae_concepts, store_concepts
     from sae.embed import embed_proteins
     from sae.index import build_index

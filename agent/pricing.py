@@ -1,10 +1,11 @@
 """What a request costs: a price table per model, in USD per million tokens.
 
-Prices are the providers' published list prices as last checked (November 2026; they change: edit
-the table, a label keeps the cost computed when it was made). Models we could not check a price for
-are left out on purpose: an unknown model costs None, never a guess, and the job labels anyway and
-warns. A dated snapshot ("claude-sonnet-4-5-20250929", "gpt-4o-2024-08-06") uses its family's
-price. Batch APIs bill half the price of every line.
+Each provider module lists its models (`ProviderBackend.prices`); this module joins them into one
+table. Prices are the providers' published list prices as last checked (November 2026; they
+change: edit the provider's prices, a label keeps the cost computed when it was made). Models we
+could not check a price for are left out on purpose: an unknown model costs None, never a guess,
+and the job labels anyway and warns. A dated snapshot ("claude-sonnet-4-5-20250929",
+"gpt-4o-2024-08-06") uses its family's price. Batch APIs bill half the price of every line.
 
 Token kinds follow Anthropic's split (OpenAI usage is normalised to it in agent/llm): `input`
 excludes cached tokens, `cache_read` are tokens served from the prompt cache, `cache_write` are
@@ -14,67 +15,22 @@ tokens written to it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from agent.llm import PROVIDERS
+from agent.llm.prices import Price
 
 BATCH_DISCOUNT = 0.5
 CHARS_PER_TOKEN = 4  # the rough rule used for estimates before sending
 
 
-@dataclass(frozen=True)
-class Price:
-    input: float
-    output: float
-    cache_read: float
-    cache_write: float
+def price_table() -> dict[str, Price]:
+    """Every registered provider's prices, and the baseline's (no LLM at all)."""
+    table = {model: price for provider in PROVIDERS.values() for model, price in provider.prices.items()}
+    table["baseline"] = Price(0.0, 0.0, 0.0, 0.0)
+    return table
 
 
-def _anthropic(input_: float, output: float) -> Price:
-    # Prompt caching: a 5-minute cache write costs 1.25x input, a cache read 0.1x input.
-    return Price(input_, output, round(input_ * 0.1, 4), round(input_ * 1.25, 4))
-
-
-def _openai(input_: float, output: float, cached: float) -> Price:
-    # OpenAI caches automatically: writes cost nothing extra, reads the discounted price.
-    return Price(input_, output, cached, input_)
-
-
-PRICES: dict[str, Price] = {
-    # Anthropic
-    "claude-fable-5-1": _anthropic(10.0, 50.0),
-    "claude-opus-5-5": _anthropic(4.0, 20.0),
-    "claude-opus-5": _anthropic(5.0, 25.0),
-    "claude-sonnet-5-5": _anthropic(2.0, 10.0),
-    "claude-sonnet-5": _anthropic(2.0, 10.0),
-    "claude-opus-4-6": _anthropic(5.0, 25.0),
-    "claude-sonnet-4-6": _anthropic(3.0, 15.0),
-    "claude-opus-4-5": _anthropic(5.0, 25.0),
-    "claude-opus-4-1": _anthropic(15.0, 75.0),
-    "claude-opus-4": _anthropic(15.0, 75.0),
-    "claude-opus-4-0": _anthropic(15.0, 75.0),
-    "claude-sonnet-4-5": _anthropic(3.0, 15.0),
-    "claude-sonnet-4": _anthropic(3.0, 15.0),
-    "claude-sonnet-4-0": _anthropic(3.0, 15.0),
-    "claude-3-7-sonnet": _anthropic(3.0, 15.0),
-    "claude-3-5-sonnet": _anthropic(3.0, 15.0),
-    "claude-haiku-4-5": _anthropic(1.0, 5.0),
-    "claude-3-5-haiku": _anthropic(0.8, 4.0),
-    "claude-3-haiku": _anthropic(0.25, 1.25),
-    # OpenAI
-    "gpt-5.4": _openai(2.5, 15.0, 0.25),
-    "gpt-5.4-mini": _openai(0.75, 4.5, 0.075),
-    "gpt-5": _openai(1.25, 10.0, 0.125),
-    "gpt-5-mini": _openai(0.25, 2.0, 0.025),
-    "gpt-5-nano": _openai(0.05, 0.4, 0.005),
-    "gpt-4.1": _openai(2.0, 8.0, 0.5),
-    "gpt-4.1-mini": _openai(0.4, 1.6, 0.1),
-    "gpt-4.1-nano": _openai(0.1, 0.4, 0.025),
-    "gpt-4o": _openai(2.5, 10.0, 1.25),
-    "gpt-4o-mini": _openai(0.15, 0.6, 0.075),
-    "o4-mini": _openai(1.1, 4.4, 0.275),
-    "o3": _openai(2.0, 8.0, 0.5),
-    # No LLM at all.
-    "baseline": Price(0.0, 0.0, 0.0, 0.0),
-}
+PRICES: dict[str, Price] = price_table()  # as registered at import; price_for reads the registry live
 
 
 _SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|-latest)?")
@@ -85,7 +41,7 @@ def price_for(model: str) -> Price | None:
 
     Only a date or '-latest' may follow a key: 'claude-opus-4-7' is not 'claude-opus-4'.
     """
-    for key, price in PRICES.items():
+    for key, price in price_table().items():
         if model.startswith(key) and _SNAPSHOT.fullmatch(model[len(key):]):
             return price
     return None

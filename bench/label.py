@@ -22,8 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.backends import BaselineLabeler, make_labeler  # noqa: E402
-from agent.job import JobSettings, feature_requests, run_job  # noqa: E402
+from agent.backends import BaselineLabeler, llm_stages, make_labeler  # noqa: E402
+from agent.labeling.estimate import feature_requests  # noqa: E402
+from agent.labeling.runner import run_job  # noqa: E402
+from agent.labeling.writer import JobSettings  # noqa: E402
 from agent.llm import RetryPolicy  # noqa: E402
 from agent.pricing import estimate_tokens  # noqa: E402
 from storage.workspace import Workspace  # noqa: E402
@@ -64,8 +66,9 @@ def main() -> None:
     with workspace.db() as db:
         register_sae(db, "planted", examples)
 
-    explain_sizes = [len(feature_requests(fe)[0][1].text) for fe in examples]
-    simulate_sizes = [len(feature_requests(fe)[1][1].text) for fe in examples]
+    stages = llm_stages(residue_pass=False)
+    explain_sizes = [len(feature_requests(stages, fe)[0][1].text) for fe in examples]
+    simulate_sizes = [len(feature_requests(stages, fe)[1][1].text) for fe in examples]
     for name, sizes in (("explain", explain_sizes), ("simulate", simulate_sizes)):
         median = statistics.median(sizes)
         tokens = estimate_tokens("x" * int(median))

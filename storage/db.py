@@ -21,7 +21,7 @@ import sqlite_utils
 
 from storage.errors import DamagedDatabaseError, InputError, NotFoundError, PlmlabelError, ReadOnlyError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> str:
@@ -206,6 +206,21 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db["batches"].create_index(["sae_id", "status"])
 
 
+def _migration_label_trace(db: sqlite_utils.Database) -> None:
+    """labels.trace (JSON: how a stage that investigates reached its label), labels.oneshot_pearson
+    (the one-shot test score kept beside the final one) and labels.residue_prompt_version (the
+    per-residue pass's prompt). Safe to run on a database that has them."""
+    columns = {c.name for c in db["labels"].columns}
+    if "residue_prompt_version" not in columns:
+        db["labels"].add_column("residue_prompt_version", str)
+    if "trace" not in columns:
+        db["labels"].add_column("trace", str)
+    if "oneshot_pearson" not in columns:
+        db["labels"].add_column("oneshot_pearson", float)
+
+
+
+
 def _migration_suggestions(db: sqlite_utils.Database) -> None:
     """Missing-annotation suggestions (`plmlabel suggest`); never touches the Swiss-Prot tables."""
     if db["suggestions"].exists():
@@ -285,6 +300,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_suggestions,
     _migration_relative_paths,
+    _migration_label_trace,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -232,9 +232,11 @@ def render_feature(bundle: ExportBundle, feature: ExportFeature) -> str:
     fields = label_fields(feature)
     badge = ("<span class=\"badge ok\">validated</span>" if record.validated
              else "<span class=\"badge no\">not validated</span>")
+    per_residue = ()  # shown only where the per-residue pass ran
+    if record.residue_pearson is not None:
+        per_residue = (("per-residue r", _fmt(record.residue_pearson)),)
     score_items = (
-        ("Pearson r", _fmt(record.pearson)), ("Spearman", _fmt(record.spearman)),
-        ("per-residue r", _fmt(record.residue_pearson)),
+        ("Pearson r", _fmt(record.pearson)), ("Spearman", _fmt(record.spearman)), *per_residue,
         ("held-out", esc(record.n_heldout) if record.n_heldout is not None else "–"),
         ("confidence", _fmt(record.confidence)),
     )

@@ -55,10 +55,13 @@ class LabelRecord(BaseModel):
     explain_prompt_version: str | None = None
     simulate_prompt: str | None = None
     simulate_prompt_version: str | None = None
+    residue_prompt_version: str | None = None  # set when the per-residue pass ran
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
     run_id: str | None = None
+    trace: str | None = None  # JSON, from a stage that investigates (the agent loop)
+    oneshot_pearson: float | None = None  # the one-shot test score, beside an agent's final one
     created_at: str = Field(default_factory=utcnow)
 
 

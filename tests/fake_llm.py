@@ -8,13 +8,16 @@ Answers are derived from the prompt, so end-to-end correctness is testable:
   at the firing residues, or a keyword) found most often in strongly activating examples and least
   in silent ones becomes the label;
 - simulate ("simulation"): each held-out protein whose metadata mentions one of the explanation's
-  concepts is predicted high (9), the others low (0).
+  concepts is predicted high (9), the others low (0);
+- per-residue pass ("residue_simulation"): in each sequence window, residues inside an overlapping
+  annotation that mentions one of the explanation's concepts are predicted 9, the others 0.
 
 Faults on demand, per request: `script` (a list of actions consumed in order, then "ok") or
 `error_rate` with `errors` (drawn with a seeded RNG). Actions: "ok", "429" (with retry-after),
 "500", "503", "529", "timeout" (sleeps `timeout_sleep` seconds, past the client's timeout, then
 answers), "malformed_body" (HTTP 200 with truncated JSON), "bad_answer" (a well-formed response whose
-answer violates the schema), "401". `latency` delays every answer.
+answer violates the schema), "401", "401_echo" (a proxy's 401 whose body repeats the key it was sent).
+`latency` delays every answer.
 
 Routes live in a table (`route(method, path_regex)`). Every request is recorded in `requests` (api,
 path, stage, feature, action).
@@ -34,6 +37,7 @@ every batch created, so tests can assert that nothing was submitted twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -42,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -157,6 +161,34 @@ def derive_simulation(prompt: str) -> dict[str, float]:
     return answer
 
 
+_WINDOW_RE = re.compile(r'<window key="([^"]+)">(.*?)</window>', re.S)
+_WINDOW_START_RE = re.compile(r"^positions: (\d+)-(\d+)", re.M)
+_WINDOW_ANNOTATIONS_RE = re.compile(r"^annotations overlapping the window: (.*)$", re.M)
+_ANNOTATION_RE = re.compile(r"([^;()]+)\(([\d, -]+)\)")
+
+
+def derive_residues(prompt: str) -> dict[str, list[float]]:
+    """9 on residues an overlapping annotation naming an explanation concept covers, 0 elsewhere."""
+    match = _CONCEPTS_RE.search(prompt)
+    concepts = [c.strip() for c in match.group(1).split(";")] if match else []
+    needles = [c.removeprefix("Keyword ").lower() for c in concepts if c.strip()]
+    answer: dict[str, list[float]] = {}
+    for key, block in _WINDOW_RE.findall(prompt):
+        start, end = map(int, _WINDOW_START_RE.search(block).groups())
+        covered: set[int] = set()
+        annotations = _WINDOW_ANNOTATIONS_RE.search(block)
+        for name, where in _ANNOTATION_RE.findall(annotations.group(1) if annotations else ""):
+            if not any(n and (n in name.lower() or name.lower().strip() in n) for n in needles):
+                continue
+            if "-" in where:
+                a, b = (int(x) for x in where.split("-"))
+                covered |= set(range(a, b + 1))
+            else:
+                covered |= {int(x) for x in where.split(",")}
+        answer[key] = [9.0 if p in covered else 0.0 for p in range(start, end + 1)]
+    return answer
+
+
 def _spoil(stage: str | None, answer: dict[str, Any]) -> dict[str, Any]:
     """A schema-violating version of a good answer."""
     if stage == "simulation" and answer:
@@ -187,7 +219,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         for route_method, pattern, handler in fake.routes:
             match = pattern.fullmatch(path)
             if route_method == method and match:
-                reply = handler(fake, body, dict(self.headers.items()), match)
+                with fake.counting_in_flight():
+                    reply = handler(fake, body, dict(self.headers.items()), match)
                 break
         else:
             reply = Reply(404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
@@ -238,6 +271,8 @@ class FakeLLM:
         self.timeout_sleep = timeout_sleep
         self.retry_after = retry_after
         self.requests: list[Recorded] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the most requests it was answering at once
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._seen_systems: set[str] = set()
@@ -298,6 +333,17 @@ class FakeLLM:
         return self.url + "/v1"
 
     # --- bookkeeping ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def counting_in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
     def next_action(self) -> str:
         with self._lock:
             if self.script:
@@ -355,8 +401,12 @@ class FakeLLM:
             return batch.ended
 
 
-def _fault(fake: FakeLLM, action: str, api: str) -> Reply | None:
+def _fault(fake: FakeLLM, action: str, api: str, key: str | None = None) -> Reply | None:
     """The reply for an injected fault, or None when the request should be answered."""
+    if action == "401_echo":  # a proxy that repeats the credential it rejected
+        error = {"message": f"proxy: key {key} is not allowed here", "type": "authentication_error"}
+        body = {"type": "error", "error": error} if api == "anthropic" else {"error": error}
+        return Reply(401, json.dumps(body).encode())
     if action == "timeout":
         time.sleep(fake.timeout_sleep)
         return None
@@ -381,6 +431,8 @@ def _derive(stage: str | None, prompt: str) -> dict[str, Any]:
         return derive_explanation(prompt)
     if stage == "simulation":
         return derive_simulation(prompt)
+    if stage == "residue_simulation":
+        return derive_residues(prompt)
     return {}
 
 
@@ -404,6 +456,8 @@ def _stage_from_prompt(prompt: str) -> str | None:
         return "explanation"
     if "<protein accession=" in prompt:
         return "simulation"
+    if "<window key=" in prompt:
+        return "residue_simulation"
     return None
 
 
@@ -437,7 +491,7 @@ def _anthropic_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> 
     if not tools and (not output_format or output_format.get("type") != "json_schema"
                       or output_format["schema"].get("additionalProperties") is not False):
         return _error(400, "expected output_config.format with a closed json_schema")
-    if (reply := _fault(fake, action, "anthropic")) is not None:
+    if (reply := _fault(fake, action, "anthropic", key)) is not None:
         return reply
     system_blocks = body.get("system") or []
     system = "".join(b.get("text", "") for b in system_blocks)
@@ -495,7 +549,7 @@ def _openai_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> Rep
         time.sleep(fake.latency)
     if response_format.get("type") != "json_schema" or schema.get("strict") is not True:
         return Reply(400, json.dumps({"error": {"message": "json_schema strict expected"}}).encode())
-    if (reply := _fault(fake, action, "openai")) is not None:
+    if (reply := _fault(fake, action, "openai", key)) is not None:
         return reply
     answer = _derive(stage, prompt)
     content = json.dumps(_spoil(stage, answer) if action == "bad_answer" else answer)

@@ -183,6 +183,7 @@ def build_examples(
         examples=tuple(example(a, k) for a, k in chosen),
         heldout=tuple(by_accession[a] for a in heldout),
         heldout_actuals=tuple(actuals), heldout_normalized=tuple(v / peak for v in actuals),
+        heldout_firing=tuple(profiles[a].firing if a in profiles else () for a in heldout),
     )
 
 

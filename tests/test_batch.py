@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import job
+import sae.index
 from storage.labels import get_label, list_batches, list_labels, list_runs
 from storage.workspace import Workspace
 from tests.fake_llm import FakeLLM, Reply
@@ -31,7 +31,7 @@ KEYS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 def _prepare(workspace: Workspace, examples, monkeypatch) -> Workspace:
     with workspace.db() as db:
         register_sae(db, "planted", list(examples.values()))
-    monkeypatch.setattr(job, "index_loader", lambda _ws, _db, _sae: examples.__getitem__)
+    monkeypatch.setattr(sae.index, "load_feature_examples", lambda _ws, _db, _sae, f: examples[f])
     workspace.config_path.write_text("[label]\nretry_wait_s = 0.001\nmax_retries = 2\n")
     return workspace
 
@@ -86,7 +86,8 @@ def test_submit_then_collect_explain_then_collect_labels_equal_to_the_synchronou
 ):
     first = batch(cli, ws, fake, provider, "--all", "--json")
     assert first.exit_code == 0, first.stderr
-    assert (first.json()["n_submitted"], first.json()["n_in_flight"], first.json()["cost_usd"]) == (N, N, 0)
+    summary = first.json()
+    assert (summary["batch"]["n_submitted"], summary["n_in_flight"], summary["cost_usd"]) == (N, N, 0)
     assert "submitted explain batch" in first.stderr
     assert fake.batch_count(provider, "explanation") == 1 and labels(ws) == {}
     [row] = batches(ws)
@@ -96,11 +97,11 @@ def test_submit_then_collect_explain_then_collect_labels_equal_to_the_synchronou
 
     second = batch(cli, ws, fake, provider, "--all", "--json")  # collects explain, submits simulate
     assert second.exit_code == 0, second.stderr
-    assert second.json()["n_submitted"] == 0 and second.json()["n_in_flight"] == N
+    assert second.json()["batch"]["n_submitted"] == 0 and second.json()["n_in_flight"] == N
     assert fake.batch_count(provider, "explanation") == 1 and fake.batch_count(provider, "simulation") == 1
     assert labels(ws) == {}
     simulate_row = [b for b in batches(ws) if b.stage == "simulate"][0]
-    assert simulate_row.requests["simulate-3"]["explanation"]["label"]
+    assert simulate_row.requests["simulate-3"]["carried"]["explanation"]["label"]
 
     third = batch(cli, ws, fake, provider, "--all")  # collects simulate: labels
     assert third.exit_code == 0, third.stderr
@@ -214,7 +215,7 @@ def test_a_batch_the_provider_no_longer_knows_fails_its_features(cli, ws, fake, 
     fake.batches.clear()
     result = batch(cli, ws, fake, provider, "--features", "0-2", "--json")
     assert result.exit_code == 1
-    assert result.json()["n_failed"] == 3 and result.json()["n_submitted"] == 0
+    assert result.json()["n_failed"] == 3 and result.json()["batch"]["n_submitted"] == 0
     [row] = batches(ws)
     assert row.status == "failed" and "no longer knows" in row.message
     assert all("no longer knows" in x.error for x in labels(ws).values())
@@ -227,7 +228,7 @@ def test_a_provider_failing_while_polling_keeps_the_batch_for_the_next_run(cli, 
     assert result.exit_code == 1
     summary = result.json()
     assert summary["status"] == "failed" and "kept failing" in summary["message"]
-    assert summary["n_submitted"] == 0 and summary["n_in_flight"] == 3
+    assert summary["batch"]["n_submitted"] == 0 and summary["n_in_flight"] == 3
     assert [b.status for b in batches(ws)] == ["submitted"] and labels(ws) == {}
     fake.routes.pop(0)  # the provider recovers
     again = batch(cli, ws, fake, "openai", "--features", "0-5", "--wait", "--poll-interval", "0.01")
@@ -258,7 +259,7 @@ def test_openai_validation_failure_fails_every_request(cli, ws, fake):
 def test_answers_about_a_rebuilt_index_are_not_scored(cli, ws, fake, examples, monkeypatch):
     def index(version: str) -> None:
         built = {f: fe.model_copy(update={"index_hash": version}) for f, fe in examples.items()}
-        monkeypatch.setattr(job, "index_loader", lambda _ws, _db, _sae: built.__getitem__)
+        monkeypatch.setattr(sae.index, "load_feature_examples", lambda _ws, _db, _sae, f: built[f])
 
     index("v1")
     assert batch(cli, ws, fake, "openai", "--features", "0-1").exit_code == 0
@@ -272,7 +273,8 @@ def test_batch_budget_exhaustion_exits_3(cli, ws, fake):
     result = batch(cli, ws, fake, "anthropic", "--nightly", "--budget-usd", "0.02", "--json")
     assert result.exit_code == 3, result.stderr
     summary = result.json()
-    assert 0 < summary["n_submitted"] < N and summary["n_not_started"] == N - summary["n_submitted"]
+    submitted = summary["batch"]["n_submitted"]
+    assert 0 < submitted < N and summary["n_not_started"] == N - submitted
     assert "budget of $0.02 reached" in summary["message"] and summary["line"].endswith("[budget exhausted]")
 
 
@@ -296,12 +298,12 @@ KILLABLE = """
 import json
 import sys
 
-from agent import job
+import sae.index
 from sae.index import FeatureExamples
 
 with open(sys.argv[1]) as handle:
     examples = {fe.feature: fe for fe in map(FeatureExamples.model_validate, json.load(handle))}
-job.index_loader = lambda _ws, _db, _sae: examples.__getitem__
+sae.index.load_feature_examples = lambda _ws, _db, _sae, f: examples[f]
 from agent.cli import main
 
 main(sys.argv[2:])
@@ -362,3 +364,26 @@ def test_sigterm_while_waiting_exits_130_and_leaves_the_batch_in_flight(cli, ws,
     assert [r.status for r in runs(ws)] == ["interrupted"]
     assert "collected by the next run" in runs(ws)[0].message
     assert [b.status for b in batches(ws)] == ["submitted"]
+
+
+@pytest.mark.parametrize("stage", ["explain", "simulate"])
+def test_batches_submitted_before_the_protocol_was_one_are_collected(cli, ws, fake, stage):
+    """Rows written by the earlier batch job (their own per-stage fields) are read as the same lines."""
+    assert batch(cli, ws, fake, "openai", "--features", "0-2").exit_code == 0
+    if stage == "simulate":
+        assert batch(cli, ws, fake, "openai", "--features", "0-2").exit_code == 0
+    [row] = [b for b in batches(ws) if b.status == "submitted"]
+    old = {}
+    for custom_id, line in row.requests.items():
+        carried = line["carried"]
+        old[custom_id] = {"feature": line["feature"], "stage": line["stage"],
+                          "prompt_versions": line["prompt_versions"], "index_hash": carried["index_hash"]}
+        if stage == "simulate":
+            old[custom_id].update(heldout=carried["heldout"], explanation=carried["explanation"],
+                                  explain_usage=carried["usage"], explain_cost=carried["cost"])
+    with ws.db() as db:
+        db.execute("UPDATE batches SET requests = ? WHERE batch_id = ?", (json.dumps(old), row.batch_id))
+    result = batch(cli, ws, fake, "openai", "--features", "0-2", "--wait", "--poll-interval", "0.01")
+    assert result.exit_code == 0, result.stderr
+    stored = labels(ws)
+    assert len(stored) == 3 and all(x.status == "ok" and x.cost_usd > 0 for x in stored.values())

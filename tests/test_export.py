@@ -281,6 +281,11 @@ def test_html_feature_page_shows_scores_examples_and_scatter(bundle):
     assert first.accession in page and "Homo sapiens" in page
     assert bundle.features[0].examples[-1].accession not in page  # silent examples are not shown
     assert "explain_prompt_version</dt><dd>a1b2c3d4" in page
+    assert "per-residue" not in page  # no per-residue pass ran: no empty field
+    feature = bundle.features[0]
+    record = feature.record.model_copy(update={"residue_pearson": 0.61})
+    with_pass = feature.model_copy(update={"record": record})
+    assert "per-residue r<b>0.61</b>" in render_feature(bundle, with_pass)
 
 
 def test_html_index_counts(bundle):

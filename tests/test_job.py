@@ -9,19 +9,12 @@ import pytest
 
 import prompts
 from agent.backends import BaselineLabeler, default_backend, make_labeler
-from agent.job import (
-    DryRun,
-    FeatureSelection,
-    JobSettings,
-    JobStart,
-    LabelOptions,
-    format_feature_spec,
-    label,
-    parse_feature_spec,
-    plan_features,
-    redact_url,
-    run_job,
-)
+from agent.labeling.estimate import DryRun
+from agent.labeling.runner import run_job
+from agent.labeling.selection import FeatureSelection, format_feature_spec, parse_feature_spec, plan_features
+from agent.labeling.setup import LabelOptions, label, redact_url
+from agent.labeling.summary import JobStart
+from agent.labeling.writer import JobSettings
 from agent.llm import RetryPolicy
 from sae.index import FeatureExamples
 from storage.errors import ConfigError, InputError, NotFoundError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import job
+import sae.index
 from storage.labels import list_labels
 from tests.fake_llm import FakeLLM
 from tests.planted import planted_set, register_sae
@@ -25,7 +25,7 @@ def ws(workspace, swissprot_dir, monkeypatch):
     examples = {fe.feature: fe for _, fe in planted_set(swissprot_dir)}
     with workspace.db() as db:
         register_sae(db, "planted", list(examples.values()))
-    monkeypatch.setattr(job, "index_loader", lambda _ws, _db, _sae: examples.__getitem__)
+    monkeypatch.setattr(sae.index, "load_feature_examples", lambda _ws, _db, _sae, f: examples[f])
     workspace.config_path.write_text("[label]\nretry_wait_s = 0.001\nmax_retries = 2\n")
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -117,12 +117,12 @@ KILLABLE = """
 import json
 import sys
 
-from agent import job
+import sae.index
 from sae.index import FeatureExamples
 
 with open(sys.argv[1]) as handle:
     examples = {fe.feature: fe for fe in map(FeatureExamples.model_validate, json.load(handle))}
-job.index_loader = lambda _ws, _db, _sae: examples.__getitem__
+sae.index.load_feature_examples = lambda _ws, _db, _sae, f: examples[f]
 from agent.cli import main
 
 main(sys.argv[2:])
@@ -185,7 +185,9 @@ def test_sigterm_interrupts_cleanly(cli, ws, monkeypatch):
         result = cli("label", "planted", "--all", "--backend", "openai", "--base-url", fake.openai_url,
                      "--concurrency", "2", "-w", ws.root)
         killer.join()
-    assert result.exit_code == 130 and "Traceback" not in result.stderr
+    assert result.exit_code == 130 and "Traceback" not in result.stderr, result.stderr
+    assert "labels stored by run" in result.stderr and "rerun the same command to continue" in result.stderr
+    assert "aborted" not in result.stderr
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
     with ws.db() as db:
         run = db.query("select status, n_labeled, message from runs")[0]
@@ -202,3 +204,22 @@ def test_no_index_on_disk_is_one_clear_error_and_no_run(cli, workspace, swisspro
     assert "Traceback" not in result.stderr
     with workspace.db() as db:
         assert db.query("select count(*) as n from runs")[0]["n"] == 0
+
+
+def test_exclusive_selectors_say_so_and_name_those_given(cli, ws):
+    result = cli("label", "planted", "--top", "5", "--all", "-w", ws.root)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "are exclusive" in result.stderr and "--all and --top were given" in result.stderr
+    assert labels(ws) == []
+
+
+def test_a_key_echoed_by_the_server_is_not_printed(cli, ws, monkeypatch):
+    secret = "sk-ant-ECHOED-4711-do-not-print"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", secret)
+    with FakeLLM(script=["401_echo"]) as fake:
+        result = cli("label", "planted", "--features", "0-2", "--backend", "anthropic", "--base-url",
+                     fake.anthropic_url, "-w", ws.root)
+    assert result.exit_code == 1
+    assert "[redacted]" in result.stderr + result.stdout
+    assert secret not in result.stderr + result.stdout
+    assert all(secret not in (x.error or "") for x in labels(ws))

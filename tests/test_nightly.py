@@ -11,8 +11,9 @@ import time
 import pytest
 
 import prompts
-from agent import job
-from agent.nightly import EXIT_BUDGET, EXIT_FAILED, EXIT_OK, exit_code, select_nightly
+import sae.index
+from agent.labeling.selection import select_nightly
+from agent.labeling.summary import EXIT_BUDGET, EXIT_FAILED, EXIT_OK, exit_code
 from storage.features_store import FeatureStats, write_feature_stats
 from storage.labels import (
     RunRecord,
@@ -38,7 +39,7 @@ def ws(workspace, swissprot_dir, monkeypatch):
     examples = {fe.feature: fe for _, fe in planted_set(swissprot_dir)}
     with workspace.db() as db:
         register_sae(db, "planted", list(examples.values()))
-    monkeypatch.setattr(job, "index_loader", lambda _ws, _db, _sae: examples.__getitem__)
+    monkeypatch.setattr(sae.index, "load_feature_examples", lambda _ws, _db, _sae, f: examples[f])
     workspace.config_path.write_text("[label]\nretry_wait_s = 0.001\nmax_retries = 2\n")
     for key in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(key, raising=False)
@@ -134,7 +135,8 @@ def test_relabel_stale_picks_up_other_models_and_prompt_versions_and_nothing_els
         assert set(fake.features_requested()) == {3, 5, 7, 8, 11, 13}
     assert without.exit_code == 0 and stale.exit_code == 0, stale.stderr
     summary = stale.json()
-    assert (summary["n_stale"], summary["n_retry"], summary["n_new"], summary["n_labeled"]) == (5, 0, 0, 5)
+    assert (summary["nightly"]["n_stale"], summary["nightly"]["n_retry"], summary["nightly"]["n_new"],
+            summary["n_labeled"]) == (5, 0, 0, 5)
     with ws.db() as db:
         relabeled = get_label(db, "planted", 11)
         assert relabeled.explainer_model == "gpt-4.1"
@@ -296,7 +298,7 @@ def test_sigterm_exits_130_and_the_run_is_interrupted(cli, ws, openai_key):
 
 
 def test_exit_code_mapping():
-    from agent.job import JobSummary
+    from agent.labeling.summary import JobSummary
 
     def summary(**kw):
         return JobSummary(run_id="r", sae_id="s", backend="b", model="m", n_requested=5,

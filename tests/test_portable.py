@@ -52,7 +52,7 @@ def test_migration_makes_old_absolute_rows_relative(tmp_path) -> None:
     from storage.db import MIGRATIONS, _migration_relative_paths
 
     before = MIGRATIONS.index(_migration_relative_paths)  # the schema version just before this migration
-    with Database.open(path) as db:
+    with Database.open(path, create=True) as db:
         db.execute("update meta set value = ? where key = 'schema_version'", (str(before),))
         for sae_id, sae_path, model in (
             ("a", str(root / "saes" / "a"), str(root / "models" / "m.pt")),

@@ -1,7 +1,8 @@
 """`plmlabel label SAE_ID`: explain, simulate and score features, storing every label.
 
-Also the unattended forms: `--nightly` (agent/nightly.py: what is new or stale, one summary line,
-exit codes a scheduler can act on) and `--batch` (agent/batch.py: the providers' batch APIs).
+Also the unattended forms: `--nightly` (what is new or stale, one summary line, exit codes a
+scheduler can act on) and `--batch` (the providers' batch APIs). All three are one job set-up in
+agent/labeling/setup.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent.backends import BACKENDS
-from agent.batch import BatchSettings, BatchSummary, label_batch
 from agent.cli._common import (
     FiniteFloat,
     console,
@@ -30,18 +30,11 @@ from agent.cli._common import (
     warn,
     workspace_option,
 )
-from agent.job import (
-    DryRun,
-    FeatureSelection,
-    JobStart,
-    JobSummary,
-    LabelOptions,
-    ProgressEvent,
-    label,
-    parse_feature_spec,
-)
-from agent.nightly import EXIT_FAILED, EXIT_OK, NightlyOptions, NightlySummary, exit_code
-from agent.nightly import nightly as run_nightly
+from agent.labeling.batch import BatchSettings
+from agent.labeling.estimate import DryRun
+from agent.labeling.selection import FeatureSelection, parse_feature_spec
+from agent.labeling.setup import LabelOptions, label
+from agent.labeling.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JobStart, JobSummary, ProgressEvent
 from storage.errors import InputError, JobFailedError
 
 _FAILURES_SHOWN = 10
@@ -108,9 +101,9 @@ def _render_summary(summary: JobSummary) -> None:
         ("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out"),
         ("cost", _money(summary.cost_usd)),
     ]
-    if isinstance(summary, BatchSummary):
-        rows[5:5] = [("submitted", f"{summary.n_submitted} (in {summary.n_batches_submitted} batches)"),
-                     ("in flight", str(summary.n_in_flight))]
+    if summary.batch is not None:
+        rows[5:5] = [("submitted", f"{summary.batch.n_submitted} (in {summary.batch.n_batches_submitted} "
+                                   "batches)"), ("in flight", str(summary.n_in_flight))]
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -161,14 +154,17 @@ Exit codes (for schedulers):
 @click.option("--base-url", help="Server URL, e.g. an OpenAI-compatible server (vLLM, Ollama, LM Studio).")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Features labeled at once.")
 @click.option("--budget-usd", type=FiniteFloat(min=0), help="Stop starting features past this spend.")
+@click.option("--residue-pass", is_flag=True,
+              help="Also predict per-residue activations on sequence windows of a few held-out proteins "
+                   "(residue_pearson; one more request per feature, in the estimate and the budget).")
 @click.option("--dry-run", is_flag=True, help="Print the prompts and the estimated cost; send nothing.")
 @workspace_option
 @json_option
 def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool, top: int | None,
                   relabel: bool, nightly: bool, relabel_stale: bool, batch: bool, wait: bool,
                   poll_interval: float | None, backend: str | None, model: str | None, base_url: str | None,
-                  concurrency: int | None, budget_usd: float | None, dry_run: bool, workspace: str | None,
-                  as_json: bool) -> None:
+                  concurrency: int | None, budget_usd: float | None, residue_pass: bool, dry_run: bool,
+                  workspace: str | None, as_json: bool) -> None:
     """Label features of SAE_ID: explain -> simulate on held-out proteins -> score -> store.
 
     Each label is stored as soon as it is done; rerunning skips features already labeled, so an
@@ -188,27 +184,21 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
     if batch:
         interval = {"poll_interval_s": poll_interval} if poll_interval is not None else {}
         batch_settings = BatchSettings(wait=wait, **interval)
-    if nightly:
-        options = NightlyOptions(sae_id=sae_id, relabel_stale=relabel_stale, backend=backend, model=model,
-                                 base_url=base_url, concurrency=concurrency, budget_usd=budget_usd,
-                                 batch=batch_settings)
-        with _progress() as (on_start, on_progress), _sigterm_interrupts():
-            summary = run_nightly(ws, options, on_start=on_start, on_progress=on_progress, on_event=_event)
-        _finish_nightly(summary, as_json)
-        return
-    selection = FeatureSelection(
+    selection = None if nightly else FeatureSelection(
         features=parse_feature_spec(features) if features is not None else None,
         all=all_, unlabeled=unlabeled, top=top, relabel=relabel,
     )
-    label_options = LabelOptions(sae_id=sae_id, selection=selection, backend=backend, model=model,
-                                 base_url=base_url, concurrency=concurrency, budget_usd=budget_usd,
-                                 dry_run=dry_run)
-    if batch_settings is not None:
-        with _sigterm_interrupts():
-            result: JobSummary | DryRun = label_batch(ws, label_options, batch_settings, on_event=_event)
-    else:
-        with _progress() as (on_start, on_progress), _sigterm_interrupts():
-            result = label(ws, label_options, on_progress=on_progress, on_start=on_start)
+    options = LabelOptions(sae_id=sae_id, selection=selection, nightly=nightly, relabel_stale=relabel_stale,
+                           backend=backend, model=model, base_url=base_url, concurrency=concurrency,
+                           budget_usd=budget_usd, residue_pass=residue_pass, batch=batch_settings,
+                           dry_run=dry_run)
+    started: list[JobStart] = []
+    with _progress(show_bar=batch_settings is None) as (on_start, on_progress), _sigterm_interrupts():
+        try:
+            result = label(ws, options, on_progress=on_progress, on_event=_event,
+                           on_start=lambda start: (started.append(start), on_start(start)))
+        except KeyboardInterrupt:
+            _interrupted(ws, started)
     if isinstance(result, DryRun):
         if as_json:
             print_json(result.model_dump())
@@ -216,13 +206,16 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
             _render_dry_run(result)
         return
     summary = result
+    if nightly:
+        _finish_nightly(summary, as_json)
+        return
     for message in summary.warnings:
         warn(message)
     if as_json:
         print_json({**summary.model_dump(), "ok": summary.ok})
     else:
         _render_summary(summary)
-    code = exit_code(summary)
+    code = summary.exit_code
     if code == EXIT_FAILED:
         raise JobFailedError(
             f"{summary.n_failed} of {summary.n_requested} features failed; {summary.message}."
@@ -237,9 +230,12 @@ def _check_flags(*, features: str | None, all_: bool, unlabeled: bool, top: int 
                  nightly: bool, relabel_stale: bool, batch: bool, wait: bool, poll_interval: float | None,
                  dry_run: bool) -> None:
     """Flag combinations that make no sense: one clear usage error (exit code 2)."""
-    chosen = [name for name, given in (("--features", features is not None), ("--all", all_),
-                                       ("--unlabeled", unlabeled), ("--top", top is not None),
-                                       ("--relabel", relabel)) if given]
+    selectors = [name for name, given in (("--features", features is not None), ("--all", all_),
+                                          ("--unlabeled", unlabeled), ("--top", top is not None)) if given]
+    if len(selectors) > 1:
+        raise InputError(f"--features, --all, --unlabeled and --top are exclusive; {' and '.join(selectors)} "
+                         "were given: choose one.")
+    chosen = selectors + (["--relabel"] if relabel else [])
     if nightly and chosen:
         raise InputError(f"--nightly chooses the features itself; drop {', '.join(chosen)}.")
     if nightly and dry_run:
@@ -252,13 +248,32 @@ def _check_flags(*, features: str | None, all_: bool, unlabeled: bool, top: int 
         raise InputError("--wait and --poll-interval go with --batch.")
 
 
+def _interrupted(ws: object, started: list[JobStart]) -> None:
+    """Ctrl-C or SIGTERM: say what the run kept (its runs row, closed on the way out) and exit 130."""
+    from storage.labels import get_run
+
+    if not started or started[-1].run_id is None:
+        err_console.print("interrupted before anything was sent; nothing was stored.", markup=False)
+        raise SystemExit(EXIT_INTERRUPTED)
+    with ws.db() as db:  # type: ignore[attr-defined]
+        run = get_run(db, started[-1].run_id)
+    stored = run.n_labeled + run.n_failed if run else 0
+    err_console.print(f"interrupted: {stored} labels stored by run {started[-1].run_id} "
+                      f"({run.n_labeled if run else 0} ok); rerun the same command to continue "
+                      "where it stopped.", markup=False, soft_wrap=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+
+
 @contextmanager
-def _progress() -> Iterator[tuple[Callable[[JobStart], None], Callable[[ProgressEvent], None]]]:
+def _progress(show_bar: bool = True
+              ) -> Iterator[tuple[Callable[[JobStart], None], Callable[[ProgressEvent], None]]]:
     """The `backend: ...` line, then a progress bar with the running cost (stderr, when a person watches)."""
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[cost]}"), TimeElapsedColumn(),
-        console=err_console, disable=not progress_enabled(), transient=False,
+        console=err_console, disable=not (show_bar and progress_enabled()), transient=False,
     )
     task_id = None
 
@@ -285,7 +300,7 @@ def _event(message: str) -> None:
     err_console.print(message, markup=False, soft_wrap=True)
 
 
-def _finish_nightly(summary: NightlySummary, as_json: bool) -> None:
+def _finish_nightly(summary: JobSummary, as_json: bool) -> None:
     """The summary (one line, or JSON) on stdout; warnings and failures on stderr; the exit code."""
     for message in summary.warnings:
         warn(message)

@@ -204,8 +204,10 @@ def _render_record(record: StoredLabel) -> None:
     console.print()
     scores = Text("validated", style="bold green") if record.validated else Text("not validated",
                                                                                   style="yellow")
-    scores.append(f" · Pearson r {_num(record.pearson)} · Spearman {_num(record.spearman)} · "
-                  f"per-residue r {_num(record.residue_pearson)} · "
+    per_residue = ""  # shown only where the per-residue pass ran
+    if record.residue_pearson is not None:
+        per_residue = f"per-residue r {_num(record.residue_pearson)} · "
+    scores.append(f" · Pearson r {_num(record.pearson)} · Spearman {_num(record.spearman)} · {per_residue}"
                   f"{record.n_heldout if record.n_heldout is not None else '–'} held-out", style="")
     console.print(scores)
     table = Table.grid(padding=(0, 2))

@@ -3,7 +3,9 @@
     LLMBackend.generate(LLMRequest[T]) -> LLMResult[T]     (parsed pydantic object + Usage + model)
 
 Providers are looked up in PROVIDERS by name (`make_llm("anthropic", model=..., base_url=...)`);
-a new provider is one module with a ProviderBackend subclass and one `register_provider` call here.
+a new provider is one module with a ProviderBackend subclass (its key variable, default model and
+prices are class attributes) and one `register_provider` call here, naming its batch API class
+(agent/llm/batch_api.py) or None.
 The offline `baseline` labeler is no LLM and lives in agent/baseline.py; agent/backends.py puts
 the three user-facing backends (anthropic, openai, baseline) behind one registry.
 """
@@ -30,6 +32,7 @@ from agent.llm.base import (
     parse_retry_after,
     strict_schema,
 )
+from agent.llm.batch_api import AnthropicBatches, BatchAPI, BatchState, LineResult, OpenAIBatches
 from agent.llm.openai_backend import OpenAIBackend
 from storage.errors import InputError
 
@@ -48,17 +51,33 @@ class LLMBackend(Protocol):
 
 
 PROVIDERS: dict[str, type[ProviderBackend]] = {}
+BATCH_APIS: dict[str, type[BatchAPI]] = {}
 
 
-def register_provider(cls: type[ProviderBackend]) -> type[ProviderBackend]:
+def register_provider(
+    cls: type[ProviderBackend], batch: type[BatchAPI] | None = None
+) -> type[ProviderBackend]:
+    """Add a provider; `batch`: its batch API (None: `--batch` is refused for it)."""
     if cls.name in PROVIDERS:
         raise ValueError(f"an LLM provider named {cls.name!r} is already registered")
     PROVIDERS[cls.name] = cls
+    if batch is not None:
+        BATCH_APIS[cls.name] = batch
     return cls
 
 
-register_provider(AnthropicBackend)
-register_provider(OpenAIBackend)
+register_provider(AnthropicBackend, AnthropicBatches)
+register_provider(OpenAIBackend, OpenAIBatches)
+
+
+def batch_api(llm: ProviderBackend) -> BatchAPI:
+    """The batch API of `llm`'s provider; InputError when it has none."""
+    try:
+        cls = BATCH_APIS[llm.name]
+    except KeyError:
+        raise InputError(f"--batch needs a provider with a batch API ({', '.join(BATCH_APIS)}); "
+                         f"{llm.name!r} has none.") from None
+    return cls(llm)
 
 
 def make_llm(name: str, *, model: str | None = None, **options: Any) -> ProviderBackend:
@@ -71,7 +90,12 @@ def make_llm(name: str, *, model: str | None = None, **options: Any) -> Provider
 
 
 __all__ = [
+    "BATCH_APIS",
     "PROVIDERS",
+    "BatchAPI",
+    "BatchState",
+    "LineResult",
+    "batch_api",
     "AnthropicBackend",
     "LLMBackend",
     "LLMError",

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, status_kind, strict_schema
+from agent.llm.prices import Price, anthropic_price
 from storage.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -34,6 +35,28 @@ THINKING_ALLOWANCE = 8192
 class AnthropicBackend(ProviderBackend):
     name = "anthropic"
     key_env = "ANTHROPIC_API_KEY"
+    # USD per million tokens, list prices as last checked (November 2026; see agent/pricing.py)
+    prices: ClassVar[dict[str, Price]] = {
+        "claude-fable-5-1": anthropic_price(10.0, 50.0),
+        "claude-opus-5-5": anthropic_price(4.0, 20.0),
+        "claude-opus-5": anthropic_price(5.0, 25.0),
+        "claude-sonnet-5-5": anthropic_price(2.0, 10.0),
+        "claude-sonnet-5": anthropic_price(2.0, 10.0),
+        "claude-opus-4-6": anthropic_price(5.0, 25.0),
+        "claude-sonnet-4-6": anthropic_price(3.0, 15.0),
+        "claude-opus-4-5": anthropic_price(5.0, 25.0),
+        "claude-opus-4-1": anthropic_price(15.0, 75.0),
+        "claude-opus-4": anthropic_price(15.0, 75.0),
+        "claude-opus-4-0": anthropic_price(15.0, 75.0),
+        "claude-sonnet-4-5": anthropic_price(3.0, 15.0),
+        "claude-sonnet-4": anthropic_price(3.0, 15.0),
+        "claude-sonnet-4-0": anthropic_price(3.0, 15.0),
+        "claude-3-7-sonnet": anthropic_price(3.0, 15.0),
+        "claude-3-5-sonnet": anthropic_price(3.0, 15.0),
+        "claude-haiku-4-5": anthropic_price(1.0, 5.0),
+        "claude-3-5-haiku": anthropic_price(0.8, 4.0),
+        "claude-3-haiku": anthropic_price(0.25, 1.25),
+    }
     default_model = "claude-sonnet-5-5"
 
     def __init__(
@@ -43,6 +66,7 @@ class AnthropicBackend(ProviderBackend):
         key = os.environ.get(self.key_env)
         if not key:
             raise ConfigError(f"the anthropic backend needs an API key: set {self.key_env}.")
+        self.secrets = (key,)
         if structured == "auto":
             structured = "tool" if self.model.startswith(_TOOL_MODE_PREFIXES) else "json_schema"
         self.structured: Literal["json_schema", "tool"] = structured
@@ -55,7 +79,7 @@ class AnthropicBackend(ProviderBackend):
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:
-        """The SDK client (the batch APIs in agent/batch_api.py use it)."""
+        """The SDK client (the batch APIs in agent/llm/batch_api.py use it)."""
         return self._client
 
     def build_params(self, request: LLMRequest[Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import tenacity
 from pydantic import BaseModel, ValidationError
 
 import prompts
+from agent.llm.prices import Price
 
 log = logging.getLogger("plmlabel.llm")
 
@@ -177,6 +178,17 @@ def _error_summary(exc: Exception) -> str:
     return str(exc)
 
 
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets: tuple[str, ...] | list[str]) -> str:
+    """Replace every occurrence of each secret (keys of 8 characters or more) in `text`."""
+    for secret in secrets:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def parse_output(text: str, request: LLMRequest[T]) -> T:
     """Parse an answer into the request's model; ValueError with a short reason when it fails."""
     try:
@@ -231,6 +243,7 @@ class ProviderBackend(ABC):
     name: ClassVar[str]
     key_env: ClassVar[str]
     default_model: ClassVar[str]
+    prices: ClassVar[Mapping[str, Price]] = {}  # model -> USD per million tokens (agent/pricing.py)
 
     def __init__(
         self,
@@ -244,6 +257,7 @@ class ProviderBackend(ABC):
         self.base_url = base_url
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
+        self.secrets: tuple[str, ...] = ()  # the configured key(s): cut from every message we keep or show
 
     # --- what each provider supplies ---------------------------------------------------------------
     @abstractmethod
@@ -262,6 +276,10 @@ class ProviderBackend(ABC):
         """Release the HTTP client."""
 
     # --- shared behaviour --------------------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        """`text` without the configured key (a proxy or server may echo it back in an error body)."""
+        return redact(text, self.secrets)
+
     def retry_after(self, exc: BaseException) -> float | None:
         response = getattr(exc, "response", None)
         return parse_retry_after(getattr(response, "headers", None))
@@ -278,7 +296,7 @@ class ProviderBackend(ABC):
     async def retrying(self, call: Callable[[], Awaitable[R]], what: str = "request") -> R:
         """`call()` under this provider's retry policy; ProviderError when it cannot succeed.
 
-        Also what the batch APIs (agent/batch_api.py) send their calls through.
+        Also what the batch APIs (agent/llm/batch_api.py) send their calls through.
         """
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(lambda e: self.classify(e) == "retry"),
@@ -296,7 +314,7 @@ class ProviderBackend(ABC):
                 raise
             status = getattr(exc, "status_code", None)
             how = f"HTTP {status}" if status else type(exc).__name__
-            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            detail = self.redact(str(exc)).splitlines()[0][:200] if str(exc) else ""
             gave_up = f" after {self.retry.max_attempts} attempts" if kind == "retry" else ""
             raise ProviderError(
                 f"{self.name} {what} failed{gave_up}: {how}" + (f" ({detail})" if detail else ""),

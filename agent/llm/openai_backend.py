@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, status_kind, strict_schema
+from agent.llm.prices import Price, openai_price
 from storage.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,6 +30,21 @@ REASONING_ALLOWANCE = 8192
 class OpenAIBackend(ProviderBackend):
     name = "openai"
     key_env = "OPENAI_API_KEY"
+    # USD per million tokens, list prices as last checked (November 2026; see agent/pricing.py)
+    prices: ClassVar[dict[str, Price]] = {
+        "gpt-5.4": openai_price(2.5, 15.0, 0.25),
+        "gpt-5.4-mini": openai_price(0.75, 4.5, 0.075),
+        "gpt-5": openai_price(1.25, 10.0, 0.125),
+        "gpt-5-mini": openai_price(0.25, 2.0, 0.025),
+        "gpt-5-nano": openai_price(0.05, 0.4, 0.005),
+        "gpt-4.1": openai_price(2.0, 8.0, 0.5),
+        "gpt-4.1-mini": openai_price(0.4, 1.6, 0.1),
+        "gpt-4.1-nano": openai_price(0.1, 0.4, 0.025),
+        "gpt-4o": openai_price(2.5, 10.0, 1.25),
+        "gpt-4o-mini": openai_price(0.15, 0.6, 0.075),
+        "o4-mini": openai_price(1.1, 4.4, 0.275),
+        "o3": openai_price(2.0, 8.0, 0.5),
+    }
     default_model = "gpt-4.1"
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -39,6 +55,7 @@ class OpenAIBackend(ProviderBackend):
                 f"the openai backend needs an API key: set {self.key_env} "
                 "(or pass --base-url for an OpenAI-compatible server that needs none)."
             )
+        self.secrets = (key,) if key else ()
         import openai  # imported when used: it takes a second, and most commands never need it
 
         self._client: openai.AsyncOpenAI = openai.AsyncOpenAI(
@@ -47,7 +64,7 @@ class OpenAIBackend(ProviderBackend):
 
     @property
     def client(self) -> openai.AsyncOpenAI:
-        """The SDK client (the batch APIs in agent/batch_api.py use it)."""
+        """The SDK client (the batch APIs in agent/llm/batch_api.py use it)."""
         return self._client
 
     def build_params(self, request: LLMRequest[Any]) -> dict[str, Any]:

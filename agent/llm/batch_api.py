@@ -1,6 +1,6 @@
 """The providers' batch APIs behind one small interface: submit lines, poll, fetch results.
 
-    api = batch_api(llm)                     # for an AnthropicBackend or OpenAIBackend
+    api = agent.llm.batch_api(llm)           # the provider's registered batch API
     batch_id = await api.submit([(custom_id, params), ...])
     state = await api.poll(batch_id)         # BatchState(ended, status, detail)
     results = await api.results(batch_id, state)   # custom_id -> LineResult(raw answer | error)
@@ -27,10 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from agent.llm import LLMRequest, ProviderBackend, RawReply
 from agent.llm.anthropic_backend import AnthropicBackend
+from agent.llm.base import LLMRequest, ProviderBackend, RawReply
 from agent.llm.openai_backend import OpenAIBackend
-from storage.errors import InputError
 
 Line = tuple[str, dict[str, Any]]  # (custom_id, the SDK call's parameters)
 
@@ -191,16 +190,3 @@ def _openai_line(line: dict[str, Any]) -> LineResult:
         return LineResult(raw=body)
     message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
     return LineResult(error=f"the batch request failed: HTTP {status}" + (f" ({message})" if message else ""))
-
-
-BATCH_APIS: dict[str, type[BatchAPI]] = {"anthropic": AnthropicBatches, "openai": OpenAIBatches}
-
-
-def batch_api(llm: ProviderBackend) -> BatchAPI:
-    """The batch API of `llm`'s provider; InputError when it has none."""
-    try:
-        cls = BATCH_APIS[llm.name]
-    except KeyError:
-        raise InputError(f"--batch needs a provider with a batch API ({', '.join(BATCH_APIS)}); "
-                         f"{llm.name!r} has none.") from None
-    return cls(llm)  # type: ignore[arg-type]
