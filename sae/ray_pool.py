@@ -51,6 +51,8 @@ class RayPool:
     def __enter__(self) -> RayPool:
         ray = _ray()
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if self.address:
+            _check_reachable(self.address)
         try:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
@@ -117,6 +119,19 @@ class RayPool:
         except ray.exceptions.RayError as exc:
             raise PlmlabelError(f"block {number} failed on a Ray worker after {MAX_RETRIES} retries: "
                                 f"{_first_line(exc)}.") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once an address where nothing listens (Ray itself would retry for minutes)."""
+    import socket
+
+    host_port = address.removeprefix("ray://").rsplit(":", 1)
+    if len(host_port) != 2 or not host_port[1].isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host_port[0], int(host_port[1])), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"could not start or reach Ray at {address}: {exc.strerror or exc}.") from None
 
 
 def _first_line(exc: BaseException) -> str:
