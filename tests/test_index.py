@@ -202,9 +202,8 @@ def test_sae_width_differs_from_the_embeddings(private) -> None:
 
 
 def test_no_embeddings_yet(workspace) -> None:
-    from tests.index_fixtures import register_sae
-
     from sae.stream import StreamOptions
+    from tests.index_fixtures import register_sae
 
     register_sae(workspace, planted_sae())
     with pytest.raises(NotFoundError, match="plmlabel embed"):
