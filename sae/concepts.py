@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from sae.concept_vocab import ConceptVocabulary, ProteinConcepts
+from sae.stream import StreamOptions
 from storage.db import Database
 from storage.errors import InputError, NotFoundError
 from storage.workspace import Workspace
@@ -312,17 +313,19 @@ def evaluate(items: Iterable[tuple[ProteinConcepts, np.ndarray, int]], vocabular
 def evaluate_sae_concepts(workspace: Workspace, sae_id: str, *, min_proteins: int = 10,
                           seed: int | None = None, valid_fraction: float = 0.5, top_k: int = 5,
                           min_f1: float = 0.1, progress: Callable[[int, int], None] | None = None,
-                          device: str | None = None, max_elements: int | None = None) -> ConceptReport:
+                          device: str | None = None, max_elements: int | None = None,
+                          stream: StreamOptions | None = None) -> ConceptReport:
     """Run the F1 protocol over the indexed proteins of `sae_id` (needs `plmlabel index` first).
 
-    Activations are recomputed from the embeddings chunk by chunk and normalised by each feature's
-    max over the index; nothing is written (see `store_concepts`). `progress(done, total)` counts
-    residues (cumulative).
+    Activations are recomputed chunk by chunk from the embeddings (a store, or ESM-2 on the fly as
+    `stream` says; see sae/stream.py) and normalised by each feature's max over the index; nothing
+    is written (see `store_concepts`). `progress(done, total)` counts residues (cumulative).
     """
     from sae.activations import DEFAULT_MAX_ELEMENTS, encode_chunks, limit_heap_fragmentation, sae_encoder
-    from sae.index import embedding_store_for, open_index, sae_directory
+    from sae.index import open_index, sae_directory
     from sae.model import load_sae
     from sae.plm import resolve_device
+    from sae.stream import open_source
     from storage.proteins import get_proteins, iter_proteins
     from storage.saes import get_sae
 
@@ -343,35 +346,25 @@ def evaluate_sae_concepts(workspace: Workspace, sae_id: str, *, min_proteins: in
         feature_max = reader.all_stats()["feature_max"]
         scale = np.where(feature_max > 0, feature_max, 1.0).astype(np.float32)
         sae = load_sae(sae_directory(workspace, record), device=resolve_device(device or settings.plm.device))
-        store, model, layer = embedding_store_for(workspace, record)
-        if store.d_model != sae.d_in:
-            raise InputError(f"SAE {sae_id!r} takes embeddings of width {sae.d_in}, but the stored "
-                             f"embeddings of {model} layer {layer} have width {store.d_model}.")
+        opened = open_source(workspace, record, sae.d_in, set(accessions), accessions,
+                             stream or StreamOptions(), device or settings.plm.device)
         counter = ConceptCounter(len(vocabulary), sae.d_sae)
-        items = _first_of_each(store.iter_proteins(set(accessions)))
+        encode = sae_encoder(sae)
         done = 0
-        for chunk in encode_chunks(items, sae_encoder(sae), sae.d_sae, max_elements or DEFAULT_MAX_ELEMENTS):
-            proteins = get_proteins(db, chunk.accessions)
-            for accession, acts in chunk:
-                protein = proteins.get(accession)
-                if protein is None:
-                    raise NotFoundError(f"protein {accession} of the index is no longer in the database; "
-                                        f"rebuild with `plmlabel index {sae_id}`.")
-                counter.add(acts / scale, vocabulary.annotate(protein, len(acts)), split[accession])
-            done += len(chunk.activations)
-            if progress:
-                progress(done, reader.n_residues)
+        for block in opened.source.blocks(set(accessions)):
+            for chunk in encode_chunks(block, encode, sae.d_sae, max_elements or DEFAULT_MAX_ELEMENTS):
+                proteins = get_proteins(db, chunk.accessions)
+                for accession, acts in chunk:
+                    protein = proteins.get(accession)
+                    if protein is None:
+                        raise NotFoundError(f"protein {accession} of the index is no longer in the database; "
+                                            f"rebuild with `plmlabel index {sae_id}`.")
+                    counter.add(acts / scale, vocabulary.annotate(protein, len(acts)), split[accession])
+                done += len(chunk.activations)
+                if progress:
+                    progress(done, reader.n_residues)
     report = score(counter.result(), vocabulary, top_k=top_k, min_f1=min_f1)
     return report.model_copy(update={"sae_id": sae_id, "seed": seed, "min_proteins": min_proteins})
-
-
-def _first_of_each(items: Iterable[tuple[str, np.ndarray]]) -> Iterable[tuple[str, np.ndarray]]:
-    """Each accession once (a store may hold a protein twice)."""
-    seen: set[str] = set()
-    for accession, embedding in items:
-        if accession not in seen:
-            seen.add(accession)
-            yield accession, embedding
 
 
 def store_concepts(db: Database, report: ConceptReport) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,9 @@ from storage.lock import workspace_lock
 from storage.workspace import Workspace
 
 PLAN_NAME = "plan.json"
-SHARD_BYTES = 128 * 2**20  # target size of one fp16 shard file
+SHARD_BYTES = 128 * 2**20  # the largest fp16 shard file
+SHARD_SECONDS = 30.0  # a shard holds about this much work, so an interrupt loses at most that
+PROBE_RESIDUES = 4096  # the first shard of a new store, timed to size the rest
 _CHUNK = 500  # accessions per SQL query (well under SQLite's parameter limit)
 
 
@@ -44,6 +47,14 @@ class EmbedSummary(BaseModel):
     seconds: float
     device: str | None = None  # None when nothing was left to compute
     dtype: str | None = None
+
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during `embed_proteins`: what is finished stays, and a rerun continues."""
+
+    def __init__(self, n_done: int, n_proteins: int, n_shards: int) -> None:
+        super().__init__(f"{n_done} of {n_proteins} proteins embedded")
+        self.n_done, self.n_proteins, self.n_shards = n_done, n_proteins, n_shards
 
 
 class _Shard(BaseModel):
@@ -206,7 +217,7 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
     `progress(done, total)` counts residues computed in this run. The model is loaded only when
     something is left to compute. Each shard appears complete or not at all.
     """
-    from sae.plm import ESM2_MODELS, check_sequence, embed_sequences, load_esm
+    from sae.plm import ESM2_MODELS, check_sequence
 
     started = time.monotonic()
     if layer < 0:
@@ -225,7 +236,30 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
     n_residues = sum(map(len, sequences.values()))
 
     path = store_path(workspace.embeddings_dir, model_key, layer)
+    created = [folder for folder in (path, path.parent, workspace.embeddings_dir) if not folder.exists()]
     path.mkdir(parents=True, exist_ok=True)
+    try:
+        return _embed_locked(workspace, path, model, model_key, layer, sequences, wanted, n_residues,
+                             max_tokens, device, dtype, progress, shard_residues, started)
+    except BaseException:
+        _remove_created(created)
+        raise
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Take back the folders a refused or interrupted run created, when they hold no finished shard."""
+    for folder in created:  # deepest first
+        if not folder.exists() or any(folder.rglob("shard_*.json")):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _embed_locked(workspace: Workspace, path: Path, model: str, model_key: str, layer: int,
+                  sequences: dict[str, str], wanted: set[str], n_residues: int, max_tokens: int, device: str,
+                  dtype: str, progress: Callable[[int, int], None] | None, shard_residues: int | None,
+                  started: float) -> EmbedSummary:
+    from sae.plm import embed_sequences, load_esm
+
     with workspace_lock(path / ".lock", f"embed {model} layer {layer}"):
         store = EmbeddingStore(path)
         if store.exists and not same_plm_model(store.manifest.get("model"), model_key, workspace.root):
@@ -241,8 +275,9 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
             if layer > plm.num_layers:
                 raise InputError(f"layer {layer} is out of range: {model} has layers 0..{plm.num_layers}.")
             store = EmbeddingStore.create(path, model=model_key, layer=layer, d_model=plm.embed_dim)
-            size = shard_residues or (work.plan.shard_residues if work.plan
-                                      else default_shard_residues(plm.embed_dim))
+            cap = default_shard_residues(plm.embed_dim)
+            timed = shard_residues is None and work.plan is None  # a new store: size shards by time
+            size = shard_residues or (work.plan.shard_residues if work.plan else min(PROBE_RESIDUES, cap))
             planned = {shard.number: shard for shard in work.plan.shards} if work.plan else {}
             first = max([*work.finished, -1]) + 1  # numbers of unfinished shards are free again
             new = plan_shards(work.todo, size, first) if work.todo else []
@@ -256,17 +291,37 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
             computed = 0
             if progress:
                 progress(0, total)
-            for shard in [*work.redo, *new]:
-                # a shard being replaced stops counting as finished before its array is overwritten
-                (path / f"shard_{shard.number:05d}.json").unlink(missing_ok=True)
-                items = [(acc, sequences[acc]) for acc in shard.accessions]
-                arrays = {}
-                for accession, rows in embed_sequences(plm, items, layer, max_tokens):
-                    arrays[accession] = rows.astype("float16")  # what the store keeps; half the memory
-                    computed += len(rows)
-                    if progress:
-                        progress(computed, total)
-                store.write_shard(shard.number, [(acc, arrays[acc]) for acc in shard.accessions])
+            queue = [*work.redo, *new]
+            done = {acc for n, accs in work.finished.items() if n not in redone for acc in accs} & wanted
+            try:
+                for position, shard in enumerate(queue):  # noqa: B020 - the queue is re-planned once
+                    tick = time.monotonic()
+                    # a shard being replaced stops counting as finished before its array is overwritten
+                    (path / f"shard_{shard.number:05d}.json").unlink(missing_ok=True)
+                    items = [(acc, sequences[acc]) for acc in shard.accessions]
+                    arrays = {}
+                    for accession, rows in embed_sequences(plm, items, layer, max_tokens):
+                        arrays[accession] = rows.astype("float16")  # what the store keeps; half the memory
+                        computed += len(rows)
+                        if progress:
+                            progress(computed, total)
+                    store.write_shard(shard.number, [(acc, arrays[acc]) for acc in shard.accessions])
+                    done.update(acc for acc in shard.accessions if acc in wanted)
+                    if timed and shard in new:
+                        timed = False
+                        rate = shard.residues / max(time.monotonic() - tick, 1e-6)
+                        size = int(min(cap, max(1024, rate * SHARD_SECONDS)))
+                        rest = {acc: sequences[acc] for s in queue[position + 1:] for acc in s.accessions}
+                        replanned = plan_shards(rest, size, shard.number + 1) if rest else []
+                        queue[position + 1:] = replanned
+                        new = [s for s in new if s.number <= shard.number] + replanned
+                        _write_plan(path, _Plan(model=model_key, layer=layer, shard_residues=size,
+                                                shards=sorted([*kept, *work.redo, *new],
+                                                              key=lambda s: s.number)))
+            except KeyboardInterrupt:
+                finished = len(work.skipped) + sum(1 for s in [*work.redo, *new]
+                                                   if (path / f"shard_{s.number:05d}.json").exists())
+                raise EmbedInterrupted(len(done), len(wanted), finished) from None
 
         return EmbedSummary(
             model=model_key, layer=layer, path=str(path), n_proteins=len(wanted), n_residues=n_residues,

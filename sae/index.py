@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sae.index_select import ExampleSizes
 from sae.index_store import IndexReader, Slot
+from sae.stream import StreamOptions
 from storage.errors import InputError, NotFoundError
 from storage.protein import Protein, ProteinFeature
 from storage.workspace import Workspace
@@ -103,6 +105,8 @@ class IndexSummary(BaseModel):
     index_hash: str
     seconds: float
     residues_per_s: float
+    source: str = "store"  # where the embeddings came from: "store" or "model" (ESM-2 on the fly)
+    workers: int = 1  # Ray workers of pass 1 (1: this process)
 
 
 Progress = Callable[[str, int, int], None]
@@ -134,17 +138,21 @@ def embedding_store_for(workspace: Workspace, record: Any) -> tuple[Any, str, in
 def build_index(workspace: Workspace, sae_id: str, accessions: list[str] | None = None,
                 seed: int | None = None, sizes: ExampleSizes | None = None,
                 progress: Progress | None = None, *, device: str | None = None,
-                max_elements: int | None = None) -> IndexSummary:
-    """Run SAE `sae_id` over the stored embeddings and (re)write `index/<sae_id>/` and `sae_features`.
+                max_elements: int | None = None, stream: StreamOptions | None = None) -> IndexSummary:
+    """Run SAE `sae_id` over the proteins' embeddings and (re)write `index/<sae_id>/` and `sae_features`.
 
-    `accessions`: the proteins to index (all proteins that have embeddings and a database row when
-    None). `seed`, `sizes`: default to the workspace's `[index]` config; `device` to `[plm] device`
-    (auto = CUDA when present). A failure leaves the old index and the database as they were.
+    Embeddings come from the store of the SAE's model and layer, or straight from ESM-2 (`stream`:
+    `from_model`, and by default when no full store exists; `ray` fans pass 1 out over Ray workers);
+    both give the same index (sae/stream.py says why). `accessions`: the proteins to index (all
+    proteins that have embeddings and a database row when None; from the model: all proteins of the
+    database). `seed`, `sizes`: default to the workspace's `[index]` config; `device` to `[plm]
+    device` (auto = CUDA when present). A failure leaves the old index and the database as they were.
     """
     from sae.activations import DEFAULT_MAX_ELEMENTS, limit_heap_fragmentation, sae_encoder
     from sae.index_build import replace_directory, write_index
     from sae.model import load_sae, weights_hash
     from sae.plm import resolve_device
+    from sae.stream import open_source
     from storage.features_store import FeatureStats, write_feature_stats
     from storage.lock import workspace_lock
     from storage.proteins import all_accessions
@@ -155,6 +163,7 @@ def build_index(workspace: Workspace, sae_id: str, accessions: list[str] | None 
     limit_heap_fragmentation()
     settings = workspace.load_config()
     config = settings.index
+    stream = stream or StreamOptions()
     seed = config.seed if seed is None else seed
     sizes = sizes or ExampleSizes(n_top=config.n_top, per_bin=config.per_bin, n_silent=config.n_silent,
                                   n_heldout=config.n_heldout)
@@ -163,33 +172,26 @@ def build_index(workspace: Workspace, sae_id: str, accessions: list[str] | None 
         known = set(all_accessions(db))
     sae_dir = sae_directory(workspace, record)
     current_hash = weights_hash(sae_dir)
-    sae = load_sae(sae_dir, device=resolve_device(device or settings.plm.device))
-    store, model, layer = embedding_store_for(workspace, record)
-    if store.d_model != sae.d_in:
-        raise InputError(
-            f"SAE {sae_id!r} takes embeddings of width {sae.d_in}, but the stored embeddings of {model} "
-            f"layer {layer} have width {store.d_model}; embed with the SAE's model and layer."
-        )
-    wanted, n_skipped = _select_proteins(store, known, accessions)
-    n_residues_hint = _count_residues(store, wanted)
-
-    def source(subset: set[str] | None):
-        return store.iter_proteins(wanted if subset is None else subset)
+    device = device or settings.plm.device
+    sae = load_sae(sae_dir, device=resolve_device(device))
+    opened = open_source(workspace, record, sae.d_in, known, accessions, stream, device)
+    max_elements = max_elements or DEFAULT_MAX_ELEMENTS
+    encode = sae_encoder(sae)
 
     target = workspace.index_path(sae_id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with workspace_lock(target.parent / f".{sae_id}.lock", f"index {sae_id}"):
+    with workspace_lock(target.parent / f".{sae_id}.lock", f"index {sae_id}"), \
+            _pass1(opened, stream, encode, sae, sae_dir, max_elements) as maxima:
         old_hash = _manifest_weights_hash(target)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
             manifest = write_index(
-                tmp, source, sae_encoder(sae), d_sae=sae.d_sae, n_residues_hint=n_residues_hint,
-                sizes=sizes, seed=seed, max_elements=max_elements or DEFAULT_MAX_ELEMENTS,
-                progress=progress,
+                tmp, opened.source, encode, d_sae=sae.d_sae, n_residues_hint=opened.n_residues,
+                sizes=sizes, seed=seed, max_elements=max_elements, progress=progress, maxima=maxima,
                 manifest_extra={"sae_id": sae_id, "weights_hash": current_hash, "d_in": sae.d_in,
-                                "plm_model": model, "layer": layer},
+                                "plm_model": opened.model, "layer": opened.layer},
             )
             reader = IndexReader(tmp)
             arrays = reader.all_stats()
@@ -213,41 +215,32 @@ def build_index(workspace: Workspace, sae_id: str, accessions: list[str] | None 
     return IndexSummary(
         sae_id=sae_id, path=str(target), n_proteins=manifest["n_proteins"],
         n_residues=manifest["n_residues"], n_features=sae.d_sae, n_dead_features=manifest["n_dead"],
-        nnz=manifest["nnz"], n_skipped=n_skipped, seed=seed, sizes=manifest["sizes"],
+        nnz=manifest["nnz"], n_skipped=opened.n_skipped, seed=seed, sizes=manifest["sizes"],
         weights_hash=current_hash, index_hash=manifest["index_hash"], seconds=round(seconds, 3),
-        residues_per_s=round(manifest["n_residues"] / max(seconds, 1e-9), 1),
+        residues_per_s=round(manifest["n_residues"] / max(seconds, 1e-9), 1), source=opened.kind,
+        workers=(stream.workers or 0) if stream.ray else 1,
     )
 
 
-def _select_proteins(store: Any, known: set[str], accessions: list[str] | None) -> tuple[set[str], int]:
-    stored = store.accessions()
-    if accessions is None:
-        wanted = {a for a in stored if a in known}
-        if not wanted:
-            raise InputError("none of the embedded proteins is in the database; run `plmlabel swissprot "
-                             "import` with the proteins that were embedded.")
-        return wanted, len(set(stored)) - len(wanted)
-    requested = list(dict.fromkeys(accessions))
-    in_store = set(stored)
-    no_embedding = [a for a in requested if a not in in_store]
-    if no_embedding:
-        raise InputError(f"{len(no_embedding)} of the {len(requested)} listed proteins have no embeddings "
-                         f"({', '.join(no_embedding[:3])}{', ...' if len(no_embedding) > 3 else ''}); "
-                         "run `plmlabel embed` for them first.")
-    no_row = [a for a in requested if a not in known]
-    if no_row:
-        raise InputError(f"{len(no_row)} of the listed proteins are not in the database "
-                         f"({', '.join(no_row[:3])}{', ...' if len(no_row) > 3 else ''}).")
-    return set(requested), 0
+@contextmanager
+def _pass1(opened: Any, stream: StreamOptions, encode: Any, sae: Any, sae_dir: Path,
+           max_elements: int) -> Iterator[Iterable[Any]]:
+    """Pass 1's per-protein maxima, block by block: here, or on Ray workers."""
+    from sae.index_build import iter_maxima
 
+    if not stream.ray:
+        yield (part for block in opened.source.blocks()
+               for part in iter_maxima(block, encode, sae.d_sae, max_elements))
+        return
+    from sae.ray_pool import RayPool, maxima_task, sae_files
 
-def _count_residues(store: Any, wanted: set[str]) -> int:
-    total = 0
-    for number in store.shard_numbers():
-        index = store.shard_index(number)
-        offsets = index["offsets"]
-        total += sum(offsets[i + 1] - offsets[i] for i, a in enumerate(index["accessions"]) if a in wanted)
-    return total
+    source = opened.source
+    with RayPool(stream.ray_address, stream.workers) as pool:
+        stream.workers = pool.workers
+        files = pool.put(sae_files(sae_dir))
+        calls = ((opened.model, pool.device, opened.dtype, opened.layer, opened.max_tokens, files,
+                  max_elements, source.block_items(n)) for n in range(len(source.plan)))
+        yield pool.map(maxima_task, calls)
 
 
 def _manifest_weights_hash(path: Path) -> str | None:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sae.activations import DEFAULT_MAX_ELEMENTS, Encoder, encode_chunks
+from sae.activations import DEFAULT_MAX_ELEMENTS, Chunk, Encoder, encode_chunks
 from sae.index_select import ExampleSizes, select
 from sae.index_store import (
     FORMAT_VERSION,
@@ -48,10 +48,13 @@ FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
 
 def write_index(directory: Path, source: Source, encode: Encoder, *, d_sae: int, n_residues_hint: int,
                 sizes: ExampleSizes, seed: int, manifest_extra: dict[str, Any] | None = None,
-                max_elements: int = DEFAULT_MAX_ELEMENTS, progress: Progress | None = None) -> dict[str, Any]:
+                max_elements: int = DEFAULT_MAX_ELEMENTS, progress: Progress | None = None,
+                maxima: Iterable[Maxima] | None = None) -> dict[str, Any]:
     """Write a complete index into `directory` (which must be empty) and return its manifest.
 
-    `n_residues_hint` only sizes the progress bar.
+    `n_residues_hint` only sizes the progress bar. `maxima`: pass 1's per-protein maxima, computed
+    elsewhere (block by block, or by Ray workers); by default `iter_maxima` over `source(None)`.
+    Its proteins must be unique and in the order `source` yields them.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -71,28 +74,25 @@ def write_index(directory: Path, source: Source, encode: Encoder, *, d_sae: int,
     n_fire_proteins = np.zeros(d_sae, dtype=np.int64)
     n_fire_residues = np.zeros(d_sae, dtype=np.int64)
     seen: set[str] = set()
+    if maxima is None:
+        maxima = iter_maxima(_unique(source(None), seen), encode, d_sae, max_elements)
     try:
-        for chunk in encode_chunks(_unique(source(None), seen), encode, d_sae, max_elements):
-            acts = chunk.activations
-            n_fire_residues += (acts > 0).sum(axis=0)
-            for accession, protein_acts in chunk:
-                length = len(protein_acts)
+        for part in maxima:
+            for accession, length in zip(part.accessions, part.lengths.tolist(), strict=True):
                 if length > MAX_POSITION:
                     raise InputError(f"{accession} has {length} residues; the index holds at most "
                                      f"{MAX_POSITION}.")
                 if length == 0:
                     raise InputError(f"the embedding of {accession} is empty.")
-                protein = len(accessions)
-                accessions.append(accession)
-                lengths.append(length)
-                residue = protein_acts.argmax(axis=0)
-                value = protein_acts[residue, np.arange(d_sae)]
-                fires = np.flatnonzero(value > 0)
-                spill.append(feature=fires, protein=np.full(len(fires), protein), value=value[fires],
-                             residue=residue[fires])
-                n_fire_proteins[fires] += 1
-                np.maximum(feature_max, value, out=feature_max)
-            tick("activations", len(acts), n_residues_hint)
+            first = len(accessions)
+            accessions.extend(part.accessions)
+            lengths.extend(part.lengths.tolist())
+            spill.append(feature=part.feature, protein=part.protein + first, value=part.value,
+                         residue=part.residue)
+            n_fire_residues += part.n_fire_residues
+            n_fire_proteins += np.bincount(part.feature, minlength=d_sae)
+            np.maximum.at(feature_max, part.feature, part.value)
+            tick("activations", int(part.lengths.sum()), n_residues_hint)
         spill.close()
         if not accessions:
             raise InputError("no proteins to index: the embeddings hold none of the requested proteins.")
@@ -192,6 +192,71 @@ def write_index(directory: Path, source: Source, encode: Encoder, *, d_sae: int,
     manifest["index_hash"] = _index_hash(directory, manifest)
     write_manifest(directory, manifest)
     return manifest
+
+
+@dataclass
+class Maxima:
+    """Pass 1 over consecutive proteins: each protein's max per firing feature (sparse), and counts.
+
+    `protein` indexes `accessions` (0-based within this part). Small enough to send between processes.
+    """
+
+    accessions: list[str]
+    lengths: np.ndarray  # int32 [n]
+    feature: np.ndarray  # int32 [nnz]
+    protein: np.ndarray  # int32 [nnz]
+    value: np.ndarray  # float32 [nnz], > 0
+    residue: np.ndarray  # uint16 [nnz], 0-based position of the max
+    n_fire_residues: np.ndarray  # int64 [d_sae]: residues where each feature fires
+
+
+def chunk_maxima(chunk: Chunk, d_sae: int) -> Maxima:
+    """Per-protein maxima of one chunk of activations."""
+    acts = chunk.activations
+    columns = np.arange(d_sae)
+    features, proteins, values, residues = [], [], [], []
+    for p in range(len(chunk.accessions)):
+        protein_acts = acts[chunk.offsets[p]:chunk.offsets[p + 1]]
+        if not len(protein_acts):
+            continue  # refused by the caller, with the protein's name
+        residue = protein_acts.argmax(axis=0)
+        value = protein_acts[residue, columns]
+        fires = np.flatnonzero(value > 0)
+        features.append(fires.astype(np.int32))
+        proteins.append(np.full(len(fires), p, dtype=np.int32))
+        values.append(value[fires])
+        residues.append(residue[fires].astype(np.uint16))
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+
+    return Maxima(accessions=list(chunk.accessions), lengths=np.diff(chunk.offsets).astype(np.int32),
+                  feature=cat(features, np.int32), protein=cat(proteins, np.int32),
+                  value=cat(values, np.float32), residue=cat(residues, np.uint16),
+                  n_fire_residues=np.count_nonzero(acts > 0, axis=0).astype(np.int64))
+
+
+def iter_maxima(items: Iterable[tuple[str, np.ndarray]], encode: Encoder, d_sae: int,
+                max_elements: int = DEFAULT_MAX_ELEMENTS) -> Iterator[Maxima]:
+    """Pass 1 over (accession, embeddings) pairs, one Maxima per chunk of activations."""
+    for chunk in encode_chunks(items, encode, d_sae, max_elements):
+        yield chunk_maxima(chunk, d_sae)
+
+
+def merge_maxima(parts: Iterable[Maxima], d_sae: int) -> Maxima:
+    """One Maxima for consecutive parts (what a Ray worker returns for its block)."""
+    parts = list(parts)
+    firsts = np.cumsum([0] + [len(p.accessions) for p in parts[:-1]])
+    return Maxima(
+        accessions=[a for p in parts for a in p.accessions],
+        lengths=np.concatenate([p.lengths for p in parts] or [np.zeros(0, np.int32)]),
+        feature=np.concatenate([p.feature for p in parts] or [np.zeros(0, np.int32)]),
+        protein=np.concatenate([p.protein + f for p, f in zip(parts, firsts, strict=True)]
+                               or [np.zeros(0, np.int32)]).astype(np.int32),
+        value=np.concatenate([p.value for p in parts] or [np.zeros(0, np.float32)]),
+        residue=np.concatenate([p.residue for p in parts] or [np.zeros(0, np.uint16)]),
+        n_fire_residues=sum((p.n_fire_residues for p in parts), np.zeros(d_sae, dtype=np.int64)),
+    )
 
 
 def _unique(items: Iterable[tuple[str, np.ndarray]], seen: set[str]) -> Iterable[tuple[str, np.ndarray]]:

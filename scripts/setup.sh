@@ -13,4 +13,5 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# the ray extra too, so CI runs the Ray test (about 25 s; it leaves the CPU torch alone)
+.venv/bin/python -m pip install --quiet -e ".[dev,ray]"

@@ -211,3 +211,61 @@ def test_embed_has_help(cli):
 def test_library_refuses_a_negative_layer(ws, checkpoint):
     with pytest.raises(InputError, match="layer must be 0 or more"):
         embed_proteins(ws, str(checkpoint), -1, None, 4096, "cpu", "auto")
+
+
+def _tree(ws):
+    return sorted(str(p.relative_to(ws.root)) for p in ws.embeddings_dir.rglob("*")) \
+        if ws.embeddings_dir.exists() else []
+
+
+def test_refused_runs_leave_no_folders_behind(cli, ws, checkpoint, tmp_path):
+    before = _tree(ws)
+    assert _embed(cli, ws, tmp_path / "absent.pt").exit_code == 2
+    result = cli("embed", "--workspace", ws.root, "--model", checkpoint, "--layer", "3", "--device", "cpu")
+    assert result.exit_code == 2
+    assert _tree(ws) == before  # no embeddings/<model>/layer_N/.lock debris
+
+
+def test_interrupt_says_how_many_proteins_are_done(ws, checkpoint, proteins):
+    from sae.embed import EmbedInterrupted
+
+    path = ws.embeddings_dir / "tiny_esm2" / "layer_2"
+
+    def stop_after_two_shards(done, total):
+        if (path / "shard_00001.json").exists():
+            raise KeyboardInterrupt
+
+    with pytest.raises(EmbedInterrupted) as stop:
+        embed_proteins(ws, str(checkpoint), 2, None, 4096, "cpu", "auto", stop_after_two_shards,
+                       shard_residues=2500)
+    store = EmbeddingStore(path)
+    assert stop.value.n_shards == 2 == len(store.shard_numbers())
+    assert stop.value.n_done == len(store.accessions()) and stop.value.n_proteins == len(proteins)
+
+
+def test_cli_interrupt_message(cli, ws, checkpoint, monkeypatch):
+    import agent.cli.embed_cmd as embed_cmd
+    from sae.embed import EmbedInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise EmbedInterrupted(5, 12, 2)
+
+    monkeypatch.setattr(embed_cmd, "embed_proteins", interrupted)
+    result = _embed(cli, ws, checkpoint)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == ("interrupted: 5 of 12 proteins are embedded (2 finished shards); "
+                                     "run the same command again to continue.")
+
+
+def test_new_store_sizes_shards_by_time(ws, checkpoint, monkeypatch):
+    import sae.embed as embed
+
+    monkeypatch.setattr(embed, "PROBE_RESIDUES", 1500)
+    monkeypatch.setattr(embed, "SHARD_SECONDS", 1e-9)  # every later shard: the 1,024-residue floor
+    summary = embed_proteins(ws, str(checkpoint), 2, None, 4096, "cpu", "auto")
+    store = EmbeddingStore(summary.path)
+    sizes = [store.shard_index(n)["offsets"][-1] for n in store.shard_numbers()]
+    plan = json.loads((store.path / "plan.json").read_text())
+    assert plan["shard_residues"] == 1024 and sizes[0] <= 1500 + 1200
+    assert [s["number"] for s in plan["shards"]] == store.shard_numbers()
+    assert sorted(store.accessions()) == sorted(set(store.accessions())) and len(sizes) > 3

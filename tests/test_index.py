@@ -202,8 +202,12 @@ def test_sae_width_differs_from_the_embeddings(private) -> None:
 
 
 def test_no_embeddings_yet(workspace) -> None:
+    from sae.stream import StreamOptions
     from tests.index_fixtures import register_sae
 
     register_sae(workspace, planted_sae())
     with pytest.raises(NotFoundError, match="plmlabel embed"):
+        build_index(workspace, SAE_ID, stream=StreamOptions(from_model=False))
+    # without a store the index comes from the model, whose width must then fit the SAE
+    with pytest.raises(InputError, match="width 32, but esm2_t6_8M_UR50D has width 320"):
         build_index(workspace, SAE_ID)

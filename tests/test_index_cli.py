@@ -112,7 +112,9 @@ def test_sae_width_differs(cli, fresh) -> None:
 
 def test_no_embeddings(cli, fresh) -> None:
     shutil.rmtree(fresh.embeddings_dir)
-    assert "plmlabel embed" in _one_line_error(cli("index", SAE_ID, "--workspace", fresh.root))
+    line = _one_line_error(cli("index", SAE_ID, "--workspace", fresh.root, "--from-store"))
+    assert "plmlabel embed" in line
+    assert "has width 320" in _one_line_error(cli("index", SAE_ID, "--workspace", fresh.root))
 
 
 def test_listed_protein_without_embedding(cli, fresh, tmp_path) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import click
 from rich.progress import (
@@ -23,7 +28,24 @@ from agent.cli._common import (
     progress_enabled,
     workspace_option,
 )
-from sae.embed import embed_proteins, read_accession_file
+from sae.embed import EmbedInterrupted, embed_proteins, read_accession_file
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops the embedding like Ctrl-C: finished shards stay, the one in flight is dropped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command()
@@ -60,12 +82,18 @@ def embed(workspace: str | None, model: str | None, layer: int | None, proteins:
     def report(done: int, total: int) -> None:
         bar.update(task, completed=done, total=total)
 
-    with bar if show else nullcontext():
-        summary = embed_proteins(
-            ws, model or plm.model, plm.layer if layer is None else layer, accessions,
-            max_tokens or plm.max_tokens, device or plm.device, dtype or plm.dtype,
-            progress=report if show else None, shard_residues=shard_residues,
-        )
+    try:
+        with _sigterm_interrupts(), bar if show else nullcontext():
+            summary = embed_proteins(
+                ws, model or plm.model, plm.layer if layer is None else layer, accessions,
+                max_tokens or plm.max_tokens, device or plm.device, dtype or plm.dtype,
+                progress=report if show else None, shard_residues=shard_residues,
+            )
+    except EmbedInterrupted as stop:
+        err_console.print(f"interrupted: {stop.n_done:,} of {stop.n_proteins:,} proteins are embedded "
+                          f"({stop.n_shards:,} finished shards); run the same command again to continue.",
+                          markup=False, highlight=False, soft_wrap=True)
+        sys.exit(130)
     if as_json:
         print_json(summary.model_dump())
         return

@@ -23,6 +23,7 @@ from agent.cli.index_render import examples_json, render_feature
 from sae.concepts import ConceptReport, ConceptResult, evaluate_sae_concepts, store_concepts
 from sae.embed import read_accession_file
 from sae.index import ExampleSizes, build_index, load_feature_examples
+from sae.stream import StreamOptions
 
 
 @contextmanager
@@ -44,6 +45,37 @@ def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
         yield update
 
 
+def stream_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--from-model/--from-store, --ray [ADDRESS], --workers, --block-residues, --max-tokens."""
+    options = [
+        click.option("--from-model/--from-store", "from_model", default=None,
+                     help="Take embeddings straight from ESM-2 (nothing stored) or from `plmlabel embed`'s "
+                          "store (default: the store when one exists, else the model)."),
+        click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Run ESM-2 and the SAE on Ray workers (implies --from-model): a cluster's "
+                          "address, or none for a local Ray (needs `pip install 'plmlabel[ray]'`)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Ray tasks in flight (default: the cluster's GPUs, else its CPUs / 4)."),
+        click.option("--block-residues", type=click.IntRange(min=1), default=None,
+                     help="Residues per block of proteins from the model (default: the store's shard size, "
+                          "so both give the same index).", hidden=False),
+        click.option("--max-tokens", type=click.IntRange(min=1), default=None,
+                     help="ESM-2 token budget of one batch (default: [plm] max_tokens)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_stream(from_model: bool | None, ray: str | None, workers: int | None, block_residues: int | None,
+                max_tokens: int | None) -> StreamOptions:
+    if workers is not None and ray is None:
+        raise click.UsageError("--workers needs --ray.")
+    return StreamOptions(from_model=from_model, ray=ray is not None,
+                         ray_address=None if ray in (None, "local") else ray, workers=workers,
+                         block_residues=block_residues, max_tokens=max_tokens)
+
+
 @click.command("index")
 @click.argument("sae_id")
 @click.option("--proteins", default="all", show_default=True, metavar="all|FILE",
@@ -55,13 +87,16 @@ def _progress(show: bool) -> Iterator[Callable[[str, int, int], None] | None]:
 @click.option("--n-silent", type=click.IntRange(min=0), default=None, help="Silent proteins per feature.")
 @click.option("--n-heldout", type=click.IntRange(min=1), default=None, help="Held-out proteins per feature.")
 @click.option("--device", default=None, metavar="auto|cpu|cuda",
-              help="Where the SAE runs; auto = CUDA when present (default: [plm] device).")
+              help="Where ESM-2 and the SAE run; auto = CUDA when present (default: [plm] device).")
+@stream_options
 @workspace_option
 @json_option
 def index_command(sae_id: str, proteins: str, seed: int | None, n_top: int | None, per_bin: int | None,
-                  n_silent: int | None, n_heldout: int | None, device: str | None, workspace: str | None,
-                  as_json: bool) -> None:
-    """Run SAE_ID over the stored embeddings: per-feature statistics and example sets in index/SAE_ID/."""
+                  n_silent: int | None, n_heldout: int | None, device: str | None, from_model: bool | None,
+                  ray: str | None, workers: int | None, block_residues: int | None, max_tokens: int | None,
+                  workspace: str | None, as_json: bool) -> None:
+    """Run SAE_ID over the proteins' embeddings: per-feature statistics and example sets in index/SAE_ID/."""
+    stream = make_stream(from_model, ray, workers, block_residues, max_tokens)
     ws = open_workspace(workspace)
     config = ws.load_config().index
     sizes = ExampleSizes(
@@ -73,14 +108,16 @@ def index_command(sae_id: str, proteins: str, seed: int | None, n_top: int | Non
     accessions = None if proteins == "all" else read_accession_file(proteins)
     with _progress(progress_enabled() and not as_json) as progress:
         summary = build_index(ws, sae_id, accessions=accessions, seed=seed, sizes=sizes, progress=progress,
-                              device=device)
+                              device=device, stream=stream)
     if as_json:
         print_json(summary.model_dump())
         return
     console.print(
         f"Indexed {summary.n_proteins:,} proteins ({summary.n_residues:,} residues) with SAE {sae_id} "
         f"({summary.n_features:,} features, {summary.n_dead_features:,} never fire) into {summary.path} "
-        f"in {summary.seconds:.1f} s ({summary.residues_per_s:,.0f} residues/s)."
+        f"in {summary.seconds:.1f} s ({summary.residues_per_s:,.0f} residues/s, embeddings from the "
+        f"{'model' if summary.source == 'model' else 'store'}"
+        f"{f' on {summary.workers} Ray workers' if ray is not None else ''})."
     )
     if summary.n_skipped:
         console.print(f"{summary.n_skipped:,} embedded proteins are not in the database and were left out.")
@@ -153,16 +190,20 @@ def _render_report(report: ConceptReport, limit: int, stored: int) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True,
               help="Concept rows printed.")
 @click.option("--device", default=None, metavar="auto|cpu|cuda",
-              help="Where the SAE runs; auto = CUDA when present (default: [plm] device).")
+              help="Where ESM-2 and the SAE run; auto = CUDA when present (default: [plm] device).")
+@stream_options
 @workspace_option
 @json_option
 def concepts_command(sae_id: str, min_proteins: int, seed: int | None, top_k: int, limit: int,
-                     device: str | None, workspace: str | None, as_json: bool) -> None:
+                     device: str | None, from_model: bool | None, ray: str | None, workers: int | None,
+                     block_residues: int | None, max_tokens: int | None, workspace: str | None,
+                     as_json: bool) -> None:
     """Associate SAE_ID's features with Swiss-Prot concepts (InterPLM's F1 protocol) and store them."""
+    stream = make_stream(from_model, ray, workers, block_residues, max_tokens)
     ws = open_workspace(workspace)
     with _progress(progress_enabled() and not as_json) as progress:
         report = evaluate_sae_concepts(
-            ws, sae_id, min_proteins=min_proteins, seed=seed, top_k=top_k, device=device,
+            ws, sae_id, min_proteins=min_proteins, seed=seed, top_k=top_k, device=device, stream=stream,
             progress=(lambda done, total: progress("concepts", done, total)) if progress else None,
         )
     with ws.db() as db:
