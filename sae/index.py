@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -65,8 +66,12 @@ class ExampleProtein(BaseModel):
 class FeatureExamples(BaseModel):
     """Everything the agent needs to label one feature.
 
-    `heldout` is what the simulator may see (metadata only); `heldout_actuals` (raw per-protein max)
-    and `heldout_normalized` are aligned with it and never go into a prompt.
+    `heldout` is the TEST half of the held-out proteins: what the one-shot scorer simulates and scores
+    on, once (the simulator sees their metadata only); `heldout_actuals` (raw per-protein max) and
+    `heldout_normalized` are aligned with it and never go into a prompt.
+    `validation*` is the disjoint validation half, matched to the same activation distribution: the
+    only held-out proteins whose activations the agent (agent/agentic/) may see. It is empty for an
+    index of format 1 (built before the split); `has_validation` tells.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -86,6 +91,11 @@ class FeatureExamples(BaseModel):
     quantiles: tuple[float, ...] = ()  # decile edges of the non-zero per-protein maxima
     heldout_firing: tuple[tuple[ResidueActivation, ...], ...] = ()  # aligned with heldout; never prompted
     index_hash: str | None = None
+    validation: tuple[Protein, ...] = ()
+    validation_actuals: tuple[float, ...] = ()
+    validation_normalized: tuple[float, ...] = ()
+    validation_firing: tuple[tuple[ResidueActivation, ...], ...] = ()
+    has_validation: bool = False  # False: an index of format 1, rerun `plmlabel index`
 
 
 class IndexSummary(BaseModel):
@@ -165,8 +175,13 @@ def build_index(workspace: Workspace, sae_id: str, accessions: list[str] | None 
     config = settings.index
     stream = stream or StreamOptions()
     seed = config.seed if seed is None else seed
-    sizes = sizes or ExampleSizes(n_top=config.n_top, per_bin=config.per_bin, n_silent=config.n_silent,
-                                  n_heldout=config.n_heldout)
+    # Each half must be large enough to validate a label on its own (`[label] min_heldout`): the
+    # configured sizes grow to it; explicitly passed sizes keep their test half (a caller's choice).
+    floor = settings.label.min_heldout
+    if sizes is None:
+        sizes = ExampleSizes(n_top=config.n_top, per_bin=config.per_bin, n_silent=config.n_silent,
+                             n_heldout=max(config.n_heldout, floor), n_validation=config.n_validation)
+    sizes = replace(sizes, n_validation=max(sizes.n_validation, floor))
     with workspace.db() as db:
         record = get_sae(db, sae_id)
         known = set(all_accessions(db))
@@ -322,9 +337,15 @@ def load_feature_examples(workspace: Workspace, db: Any, sae_id: str, feature: i
         return min(max(slot.max_activation / scale, 0.0), 1.0)
 
     examples, heldout, actuals, heldout_norm, heldout_firing = [], [], [], [], []
+    validation: dict[str, list] = {"proteins": [], "actuals": [], "normalized": [], "firing": []}
     for slot in slots:
         firing = _firing(*reader.residue_activations(stats.feature, slot.slot))
-        if slot.kind == "heldout":
+        if slot.kind == "validation":
+            validation["proteins"].append(proteins[slot.accession])
+            validation["actuals"].append(slot.max_activation)
+            validation["normalized"].append(normalized(slot))
+            validation["firing"].append(firing)
+        elif slot.kind == "heldout":
             heldout.append(proteins[slot.accession])
             actuals.append(slot.max_activation)
             heldout_norm.append(normalized(slot))
@@ -339,5 +360,8 @@ def load_feature_examples(workspace: Workspace, db: Any, sae_id: str, feature: i
         heldout_actuals=tuple(actuals), heldout_normalized=tuple(heldout_norm),
         top_concepts=tuple(get_top_concepts(db, sae_id, stats.feature)), frac_residues=stats.frac_residues,
         n_indexed=reader.n_proteins, quantiles=stats.quantiles, heldout_firing=tuple(heldout_firing),
-        index_hash=reader.index_hash,
+        index_hash=reader.index_hash, validation=tuple(validation["proteins"]),
+        validation_actuals=tuple(validation["actuals"]),
+        validation_normalized=tuple(validation["normalized"]),
+        validation_firing=tuple(validation["firing"]), has_validation=reader.has_validation,
     )

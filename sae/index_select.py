@@ -2,9 +2,14 @@
 
 Examples (what the explainer sees): the `n_top` strongest proteins, `per_bin` random proteins from
 each 0.1-wide bin of normalised max activation, and `n_silent` random proteins where the feature is
-silent. Held-out (what the simulator is scored on): `n_heldout` other proteins, disjoint from the
-examples, drawn from the same strata (the ten bins and "silent") in proportion to how many examples
-each stratum holds, with at least one from every stratum the examples occupy where one is left.
+silent. Held-out: proteins disjoint from the examples, drawn from the same strata (the ten bins and
+"silent") in proportion to how many examples each stratum holds, with at least one from every stratum
+the examples occupy where one is left. They come in two disjoint halves, each matched that way:
+
+- the test half (`n_heldout`, kind "heldout"): what a label is scored on, once. It is drawn first,
+  with the same random draws as before the split existed, so the one-shot scorer's set is unchanged;
+- the validation half (`n_validation`, kind "validation"): drawn next from what is left; the only
+  held-out proteins whose activations the agent (agent/agentic/) may ever see.
 
 Everything is drawn from `numpy.random.default_rng([seed, feature])`, so a feature's sets depend
 only on the seed and its own activations, not on the order features are processed in.
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sae.index_store import KIND_HELDOUT, KIND_QUANTILE, KIND_SILENT, KIND_TOP, N_BINS
+from sae.index_store import KIND_HELDOUT, KIND_QUANTILE, KIND_SILENT, KIND_TOP, KIND_VALIDATION, N_BINS
 
 SILENT = -1  # stratum of proteins where the feature never fires
 
@@ -26,11 +31,12 @@ class ExampleSizes:
     n_top: int = 10
     per_bin: int = 2
     n_silent: int = 10
-    n_heldout: int = 24
+    n_heldout: int = 24  # the test half
+    n_validation: int = 24  # the validation half (0: none, as in indexes of format 1)
 
     @property
     def n_slots(self) -> int:
-        return self.n_top + N_BINS * self.per_bin + self.n_silent + self.n_heldout
+        return self.n_top + N_BINS * self.per_bin + self.n_silent + self.n_heldout + self.n_validation
 
 
 @dataclass
@@ -78,30 +84,37 @@ def select(proteins: np.ndarray, values: np.ndarray, n_total: int, sizes: Exampl
     example_kinds.append(np.full(len(silent), KIND_SILENT, dtype=np.int8))
     example_values.append(np.zeros(len(silent), dtype=np.float32))
 
-    # held-out: the same strata, proportionally, from what the examples left
+    # held-out: the same strata, proportionally, from what the examples left; test half first
     strata = [SILENT, *range(N_BINS)]
     example_count = {s: int((bins[taken] == s).sum()) for s in range(N_BINS)}
     example_count[SILENT] = len(silent)
-    available = {s: np.flatnonzero((bins == s) & ~taken) for s in range(N_BINS)}
     n_silent_free = n_total - len(proteins) - len(silent)
-    targets = _allocate(sizes.n_heldout, example_count,
-                        {**{s: len(a) for s, a in available.items()}, SILENT: n_silent_free}, strata)
-    held_ids, held_values = [], []
-    for s in range(N_BINS):
-        pick = _draw(rng, available[s], targets[s])
-        held_ids.append(proteins[pick])
-        held_values.append(values[pick])
-    held_silent = _draw_silent(rng, proteins, n_total, targets[SILENT], exclude=silent)
-    held_ids.append(held_silent)
-    held_values.append(np.zeros(len(held_silent), dtype=np.float32))
-    held = np.concatenate(held_ids)
-    held_vals = np.concatenate(held_values)
-    order = np.lexsort((held, -held_vals))  # strongest first, a fixed order for prompts to shuffle
+    halves = []
+    excluded_silent = silent
+    for n_half, kind in ((sizes.n_heldout, KIND_HELDOUT), (sizes.n_validation, KIND_VALIDATION)):
+        available = {s: np.flatnonzero((bins == s) & ~taken) for s in range(N_BINS)}
+        targets = _allocate(n_half, example_count,
+                            {**{s: len(a) for s, a in available.items()}, SILENT: n_silent_free}, strata)
+        held_ids, held_values = [], []
+        for s in range(N_BINS):
+            pick = _draw(rng, available[s], targets[s])
+            taken[pick] = True
+            held_ids.append(proteins[pick])
+            held_values.append(values[pick])
+        held_silent = _draw_silent(rng, proteins, n_total, targets[SILENT], exclude=excluded_silent)
+        excluded_silent = np.concatenate([excluded_silent, held_silent])
+        n_silent_free -= len(held_silent)
+        held_ids.append(held_silent)
+        held_values.append(np.zeros(len(held_silent), dtype=np.float32))
+        held = np.concatenate(held_ids)
+        held_vals = np.concatenate(held_values)
+        order = np.lexsort((held, -held_vals))  # strongest first, a fixed order for prompts to shuffle
+        halves.append((held[order], np.full(len(held), kind, dtype=np.int8), held_vals[order]))
 
     return Selection(
-        proteins=np.concatenate([*example_ids, held[order]]).astype(np.int64),
-        kinds=np.concatenate([*example_kinds, np.full(len(held), KIND_HELDOUT, dtype=np.int8)]),
-        values=np.concatenate([*example_values, held_vals[order]]).astype(np.float32),
+        proteins=np.concatenate([*example_ids, *(h[0] for h in halves)]).astype(np.int64),
+        kinds=np.concatenate([*example_kinds, *(h[1] for h in halves)]),
+        values=np.concatenate([*example_values, *(h[2] for h in halves)]).astype(np.float32),
     )
 
 

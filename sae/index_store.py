@@ -11,7 +11,8 @@
     maxima_protein.npy        int32 [nnz]       protein ids, ascending within a feature
     maxima_value.npy          float32 [nnz]     raw per-protein max
     maxima_residue.npy        uint16 [nnz]      0-based residue of that max
-    examples_protein.npy      int32 [F, S]    per feature: example slots, then held-out slots (-1 pad)
+    examples_protein.npy      int32 [F, S]    per feature: example slots, then the test half of the
+                                              held-out slots ("heldout"), then the validation half (-1 pad)
     examples_kind.npy         int8 [F, S]     KIND_* below
     examples_value.npy        float32 [F, S]  raw per-protein max of that slot's protein
     residues_indptr.npy       int64 [F*S + 1] per (feature, slot): its firing residues, in
@@ -36,11 +37,13 @@ import numpy as np
 
 from storage.errors import InputError, NotFoundError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: held-out split into a test half ("heldout") and a validation half
+READABLE_VERSIONS = (1, 2)  # format 1 has no validation half; the agent refuses it (rerun `plmlabel index`)
 MANIFEST = "manifest.json"
 
-KIND_TOP, KIND_QUANTILE, KIND_SILENT, KIND_HELDOUT = 0, 1, 2, 3
-KIND_NAMES = {KIND_TOP: "top", KIND_QUANTILE: "quantile", KIND_SILENT: "silent", KIND_HELDOUT: "heldout"}
+KIND_TOP, KIND_QUANTILE, KIND_SILENT, KIND_HELDOUT, KIND_VALIDATION = 0, 1, 2, 3, 4
+KIND_NAMES = {KIND_TOP: "top", KIND_QUANTILE: "quantile", KIND_SILENT: "silent", KIND_HELDOUT: "heldout",
+              KIND_VALIDATION: "validation"}
 N_BINS = 10  # 0.1-wide bins of normalised per-protein max activation
 QUANTILE_LEVELS = tuple(round(q / 10, 1) for q in range(11))  # deciles, 0 and 1 included
 MAX_POSITION = np.iinfo(np.uint16).max
@@ -177,7 +180,7 @@ class IndexReader:
         if not manifest_path.exists():
             raise NotFoundError(f"no activation index at {self.path}; run `plmlabel index` first.")
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        if self.manifest.get("format_version") != FORMAT_VERSION:
+        if self.manifest.get("format_version") not in READABLE_VERSIONS:
             raise InputError(f"the index at {self.path} has format version "
                              f"{self.manifest.get('format_version')}; rebuild it with `plmlabel index`.")
         self._arrays: dict[str, np.ndarray] = {}
@@ -207,6 +210,11 @@ class IndexReader:
     @property
     def weights_hash(self) -> str:
         return self.manifest["weights_hash"]
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the held-out proteins come split into test and validation halves (format 2)."""
+        return int(self.manifest.get("format_version", 1)) >= 2
 
     @property
     def index_hash(self) -> str:
@@ -267,7 +275,7 @@ class IndexReader:
                 np.array(self._array("maxima_residue")[s:e]))
 
     def slots(self, feature: int) -> list[Slot]:
-        """Example slots (top, quantile, silent) then held-out slots, in stored order."""
+        """Example slots (top, quantile, silent), then the test half, then the validation half."""
         f = self.check_feature(feature)
         proteins = np.array(self._array("examples_protein")[f])
         kinds = np.array(self._array("examples_kind")[f])
@@ -278,10 +286,15 @@ class IndexReader:
                 for i, acc in zip(used.tolist(), accessions, strict=True)]
 
     def examples(self, feature: int) -> list[Slot]:
-        return [s for s in self.slots(feature) if s.kind != "heldout"]
+        return [s for s in self.slots(feature) if s.kind not in ("heldout", "validation")]
 
     def heldout(self, feature: int) -> list[Slot]:
+        """The test half of the held-out proteins (what a label is scored on)."""
         return [s for s in self.slots(feature) if s.kind == "heldout"]
+
+    def validation(self, feature: int) -> list[Slot]:
+        """The validation half (empty in a format-1 index)."""
+        return [s for s in self.slots(feature) if s.kind == "validation"]
 
     def residue_activations(self, feature: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """(0-based positions, raw float32 activations) of the residues where the feature fires."""

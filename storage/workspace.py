@@ -36,7 +36,8 @@ class IndexConfig(_Section):
     n_top: int = Field(10, ge=1)
     per_bin: int = Field(2, ge=0)
     n_silent: int = Field(10, ge=0)
-    n_heldout: int = Field(24, ge=1)
+    n_heldout: int = Field(24, ge=1)  # the test half of the held-out proteins
+    n_validation: int = Field(24, ge=0)  # the validation half, for the agent (each half >= label.min_heldout)
     seed: int = 0
 
 
@@ -53,10 +54,19 @@ class LabelConfig(_Section):
     timeout_s: float = Field(120.0, gt=0)
 
 
+class AgentConfig(_Section):
+    """Limits of the agent (`plmlabel label --agent`), per feature."""
+
+    max_tool_calls: int = Field(24, ge=1)
+    max_simulations: int = Field(6, ge=1)  # `try_explanation` trials on the validation half
+    max_turns: int = Field(16, ge=1)
+
+
 class Config(_Section):
     plm: PlmConfig = PlmConfig()
     index: IndexConfig = IndexConfig()
     label: LabelConfig = LabelConfig()
+    agent: AgentConfig = AgentConfig()
 
 
 def _toml_value(value: Any) -> str:

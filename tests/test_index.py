@@ -139,6 +139,23 @@ def test_load_feature_examples(indexed) -> None:
     shown = {e.protein.accession for e in examples.examples}
     assert not shown & {p.accession for p in examples.heldout}
     assert examples.top_concepts == ()
+    # the validation half: as large, disjoint from the examples and from the test half
+    assert examples.has_validation and len(examples.validation) == len(examples.validation_normalized) == 24
+    validation = {p.accession for p in examples.validation}
+    assert not validation & shown and not validation & {p.accession for p in examples.heldout}
+    levels = examples.validation_normalized
+    assert any(n > 0 for n in levels) and any(n == 0 for n in levels)
+
+
+def test_format_1_index_stays_readable_without_a_validation_half(private) -> None:
+    import json
+
+    manifest = private.index_path(SAE_ID) / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "format_version": 1}))
+    with private.db() as db:
+        examples = load_feature_examples(private, db, SAE_ID, ZF_FEATURE)
+    assert not examples.has_validation and len(examples.heldout) == 24
 
 
 def test_bad_feature_and_missing_index(indexed, private) -> None:

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from sae.index_select import SILENT, ExampleSizes, _allocate, bins_of, select
-from sae.index_store import KIND_HELDOUT, KIND_QUANTILE, KIND_SILENT, KIND_TOP, Spill, bucket_sort
+from sae.index_store import (
+    KIND_HELDOUT,
+    KIND_QUANTILE,
+    KIND_SILENT,
+    KIND_TOP,
+    KIND_VALIDATION,
+    Spill,
+    bucket_sort,
+)
 
 
 def _maxima(n_total: int, n_firing: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -82,8 +90,8 @@ def test_silent_draws_in_a_large_index_use_rejection_and_stay_valid() -> None:
 def test_dead_feature_gets_only_silent_proteins() -> None:
     chosen = select(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), 100, ExampleSizes(),
                     np.random.default_rng(0))
-    assert set(chosen.kinds.tolist()) == {KIND_SILENT, KIND_HELDOUT}
-    assert len(set(chosen.proteins.tolist())) == 10 + 24
+    assert set(chosen.kinds.tolist()) == {KIND_SILENT, KIND_HELDOUT, KIND_VALIDATION}
+    assert len(set(chosen.proteins.tolist())) == 10 + 24 + 24  # silent examples, test and validation halves
 
 
 def test_allocation_fills_every_occupied_stratum_then_proportionally() -> None:
@@ -111,3 +119,25 @@ def test_bucket_sort_groups_rows_stably_in_small_chunks(tmp_path) -> None:
     order = np.argsort(keys, kind="stable")
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), payload[order])
     np.testing.assert_array_equal(indptr, np.r_[0, np.cumsum(np.bincount(keys, minlength=50))])
+
+
+def test_validation_and_test_halves_are_disjoint_matched_and_leave_the_test_half_unchanged() -> None:
+    rng = np.random.default_rng(3)
+    proteins = np.sort(rng.choice(5000, size=800, replace=False)).astype(np.int64)
+    values = rng.uniform(0.01, 1.0, size=800).astype(np.float32)
+    sizes = ExampleSizes(n_heldout=24, n_validation=24)
+    chosen = select(proteins, values, 5000, sizes, np.random.default_rng([0, 7]))
+    test = chosen.proteins[chosen.kinds == KIND_HELDOUT]
+    validation = chosen.proteins[chosen.kinds == KIND_VALIDATION]
+    examples = chosen.proteins[chosen.kinds < KIND_HELDOUT]
+    assert len(test) == len(validation) == 24
+    assert not set(test) & set(validation) and not (set(test) | set(validation)) & set(examples)
+    for half in (KIND_HELDOUT, KIND_VALIDATION):  # both halves hold firing and silent proteins alike
+        vals = chosen.values[chosen.kinds == half]
+        assert (vals == 0).sum() > 0 and (vals > 0).sum() > 0
+    silent_counts = [(chosen.values[chosen.kinds == h] == 0).sum() for h in (KIND_HELDOUT, KIND_VALIDATION)]
+    assert abs(int(silent_counts[0]) - int(silent_counts[1])) <= 1
+    # the test half is what it was before the split existed (same draws): today's scorer is unchanged
+    before = select(proteins, values, 5000, ExampleSizes(n_heldout=24, n_validation=0),
+                    np.random.default_rng([0, 7]))
+    assert before.proteins[before.kinds == KIND_HELDOUT].tolist() == test.tolist()
