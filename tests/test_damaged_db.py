@@ -89,7 +89,9 @@ CASES = [(c, d) for c in COMMANDS for d in DAMAGE if (c, d) != ("init", "empty")
 
 @pytest.mark.parametrize(("command", "damage"), CASES)
 def test_every_command_refuses_a_damaged_database_in_one_line(damage, command, template, tmp_path, cli,
-                                                              swissprot_dir_module):
+                                                              swissprot_dir_module, monkeypatch):
+    # a key is set so that `label --batch` gets as far as the database (no request is ever sent)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-never-sent")
     ws = tmp_path / "ws"
     import shutil
 
