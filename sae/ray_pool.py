@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -48,11 +50,15 @@ class RayPool:
         self._started = False
         self.gpus = 0.0
 
+    _signals: dict[int, Any] = {}
+
     def __enter__(self) -> RayPool:
         ray = _ray()
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         if self.address:
             _check_reachable(self.address)
+        # ray.init installs its own SIGTERM handler and shutdown does not remove it: keep ours
+        self._signals = _signal_handlers()
         try:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
@@ -75,6 +81,7 @@ class RayPool:
         if self._started:
             _ray().shutdown()
             self._started = False
+            _restore_signal_handlers(self._signals)
 
     @property
     def device(self) -> str:
@@ -188,3 +195,16 @@ def maxima_task(model: str, device: str, dtype: str, layer: int, max_tokens: int
     sae = worker_sae(files, device)
     block = embed_block(worker_plm(model, device, dtype), items, layer, max_tokens)
     return merge_maxima(iter_maxima(block, sae_encoder(sae), sae.d_sae, max_elements), sae.d_sae)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """The current SIGTERM and SIGINT handlers (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)

@@ -204,7 +204,7 @@ def test_an_error_line_naming_stored_text_keeps_it_inert(cli, hostile) -> None:
     result = cli("concepts", SAE_ID, "--workspace", ws.root, env={"COLUMNS": "250"})
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no embeddings of [/x] [bold]Bold[/bold] ")
+    assert len(lines) == 1 and lines[0].startswith("error: no checkpoint at [/x] [bold]Bold[/bold] ")
     for char in RAW_CONTROLS:
         assert char not in result.stderr
     assert "\\x1b]0;pwned\\x07\\x1b[31mred\\x0dover \\u202eevil\\x9b2J" in result.stderr

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -70,3 +73,20 @@ def warn(message: str) -> None:
 def progress_enabled() -> bool:
     """Progress bars go to stderr, and only where a person is watching."""
     return sys.stderr.isatty()
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM ends a command like Ctrl-C (KeyboardInterrupt): what was stored stays stored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

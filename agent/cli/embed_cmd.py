@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from typing import Any
+from contextlib import nullcontext
 
 import click
 from rich.progress import (
@@ -26,26 +22,10 @@ from agent.cli._common import (
     open_workspace,
     print_json,
     progress_enabled,
+    sigterm_interrupts,
     workspace_option,
 )
 from sae.embed import EmbedInterrupted, embed_proteins, read_accession_file
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops the embedding like Ctrl-C: finished shards stay, the one in flight is dropped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @click.command()
@@ -83,7 +63,7 @@ def embed(workspace: str | None, model: str | None, layer: int | None, proteins:
         bar.update(task, completed=done, total=total)
 
     try:
-        with _sigterm_interrupts(), bar if show else nullcontext():
+        with sigterm_interrupts(), bar if show else nullcontext():
             summary = embed_proteins(
                 ws, model or plm.model, plm.layer if layer is None else layer, accessions,
                 max_tokens or plm.max_tokens, device or plm.device, dtype or plm.dtype,

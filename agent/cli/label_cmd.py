@@ -7,11 +7,8 @@ agent/labeling/setup.py.
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -27,6 +24,7 @@ from agent.cli._common import (
     open_workspace,
     print_json,
     progress_enabled,
+    sigterm_interrupts,
     warn,
     workspace_option,
 )
@@ -38,23 +36,6 @@ from agent.labeling.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JobSt
 from storage.errors import InputError, JobFailedError
 
 _FAILURES_SHOWN = 10
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM ends the job like Ctrl-C: work in flight is abandoned, everything stored stays."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _money(value: float | None) -> str:
@@ -193,7 +174,7 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
                            budget_usd=budget_usd, residue_pass=residue_pass, batch=batch_settings,
                            dry_run=dry_run)
     started: list[JobStart] = []
-    with _progress(show_bar=batch_settings is None) as (on_start, on_progress), _sigterm_interrupts():
+    with _progress(show_bar=batch_settings is None) as (on_start, on_progress), sigterm_interrupts():
         try:
             result = label(ws, options, on_progress=on_progress, on_event=_event,
                            on_start=lambda start: (started.append(start), on_start(start)))
