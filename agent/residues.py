@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import prompts
-from agent.explain import Explanation, feature_ref
+from agent.explain import Explanation
 from agent.llm import LLMRequest, Message
 from agent.metadata import annotation_name, clean, position_text
 from agent.score import pearson
-from agent.simulate import SCALE_MAX
+from agent.simulate import SCALE_MAX, explanation_fields
 from sae.index import FeatureExamples
 from storage.protein import Protein
 
@@ -170,10 +170,7 @@ def build_residue_requests(explanation: Explanation, windows: Sequence[Window]) 
 
     user = prompt.render(
         "user",
-        feature_ref=feature_ref(explanation.sae_id, explanation.feature),
-        label=clean(explanation.label),
-        description=clean(explanation.description),
-        concepts="; ".join(clean(c) for c in explanation.concepts) or "(none given)",
+        **explanation_fields(explanation),
         n_windows=len(windows),
         windows="\n\n".join(format_window(w) for w in windows),
         keys=", ".join(f"{k} ({n})" for k, n in lengths.items()),

@@ -19,6 +19,17 @@ from agent.metadata import clean, informative, metadata_lines, summary_line
 from sae.index import FeatureExamples
 from storage.protein import Protein
 
+
+def explanation_fields(explanation: Explanation) -> dict[str, str]:
+    """The explanation as every simulator prompt shows it (the explainer's text is untrusted: cleaned)."""
+    return {
+        "feature_ref": feature_ref(explanation.sae_id, explanation.feature),
+        "label": clean(explanation.label),
+        "description": clean(explanation.description),
+        "concepts": "; ".join(clean(c) for c in explanation.concepts) or "(none given)",
+    }
+
+
 PROMPT_NAME = "simulate"
 SCALE_MAX = 10.0
 
@@ -70,10 +81,7 @@ def build_simulate_request(explanation: Explanation, heldout: Sequence[Protein])
     accessions = [p.accession for p in proteins]
     user = prompt.render(
         "user",
-        feature_ref=feature_ref(explanation.sae_id, explanation.feature),
-        label=clean(explanation.label),
-        description=clean(explanation.description),
-        concepts="; ".join(clean(c) for c in explanation.concepts) or "(none given)",
+        **explanation_fields(explanation),
         n_proteins=len(proteins),
         proteins="\n\n".join(format_protein(p) for p in proteins),
         accessions=", ".join(accessions),
