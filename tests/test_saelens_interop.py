@@ -284,3 +284,44 @@ def test_a_saelens_folder_given_to_load_sae_says_to_import_it(tmp_path):
     folder = _lens_folder(tmp_path)
     with pytest.raises(InputError, match="not saved by plmlabel .* `plmlabel sae import --format saelens`"):
         load_sae(folder)
+
+
+# --- what the CLI writes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_what_sae_train_and_sae_import_store_loads_in_saelens(tmp_path):
+    """`plmlabel sae train` (each architecture, `scale` normalisation as it trains) and `sae import`:
+    the stored folder loads in SAELens and gives plmlabel's features and reconstructions."""
+    from sae.embed import embed_proteins
+    from storage.workspace import Workspace
+    from tests.conftest import SHARED_SWISSPROT, invoke
+    from tests.esm_fixtures import insert_proteins, read_sprot_sequences, tiny_checkpoint
+
+    if not SHARED_SWISSPROT.exists():
+        pytest.skip("../shared/data/swissprot is not present")
+    ws = Workspace(tmp_path / "ws")
+    ws.init()
+    checkpoint = tiny_checkpoint(tmp_path)
+    insert_proteins(ws, read_sprot_sequences(SHARED_SWISSPROT / "sprot_sample.dat.gz", limit=12))
+    embed_proteins(ws, str(checkpoint), 1, None, 4096, "cpu", "auto")
+    base = ("--workspace", ws.root, "--model", checkpoint, "--layer", 1)
+    x = _x(5)[:, :1].repeat(1, 32) + torch.randn(40, 32)  # width 32: the tiny ESM-2
+    for arch in REGISTRY:
+        k = ("--k", 4) if arch in ("topk", "batchtopk") else ()
+        trained = invoke("sae", "train", *base, "--name", arch, "--arch", arch, "--d-sae", 64, *k,
+                         "--tokens", 4096, "--batch-size", 512, "--device", "cpu")
+        assert trained.exit_code == 0, trained.stderr
+        ours = load_sae(ws.sae_dir(arch))
+        assert ours.cfg.normalization == "scale" and ours.cfg.norm_scale != 1
+        theirs = LensSAE.load_from_disk(ws.sae_dir(arch))
+        _assert_same(f"sae train->SAELens {arch}", _ours_out(ours, x), _theirs_out(theirs, x))
+    lens = LensSAE.from_dict({"architecture": "topk", "d_in": 32, "d_sae": 64, "k": 5,
+                              "rescale_acts_by_decoder_norm": True})
+    _randomize(lens, seed=3)
+    lens.save_model(tmp_path / "lens")
+    imported = invoke("sae", "import", tmp_path / "lens", "--format", "saelens", "--name", "imp", *base)
+    assert imported.exit_code == 0, imported.stderr
+    again = LensSAE.load_from_disk(ws.sae_dir("imp"))
+    _assert_same("sae import->SAELens topk", _theirs_out(again, x), _theirs_out(lens, x))
+    _assert_same("sae import->ours topk", _ours_out(load_sae(ws.sae_dir("imp")), x), _theirs_out(lens, x))
