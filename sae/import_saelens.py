@@ -14,12 +14,13 @@ What SAELens 6.x computes (sae_lens/saes/*.py), and how it maps onto ours:
   batchtopk,  training checkpoints: their inference form is JumpReLU with every threshold equal to
   matryoshka_ the scalar `topk_threshold`, after folding the decoder norms as for topk
   batchtopk   (rescale_acts_by_decoder_norm defaults to true for these)   -> batchtopk
+  gated       1[x' @ W_enc + b_gate > 0] * relu(x' @ (W_enc * exp(r_mag)) + b_mag) -> gated
   pre-6.0     activation_fn_str/activation_fn relu or topk (k in activation_fn_kwargs); a
               `scaling_factor` with finetuning_scaling_factor multiplies features before W_dec.
 
-Anything else (another architecture such as gated, another activation, reshape_activations hook_z,
-covariance_whitening, tensors we do not know) is refused with one line naming the key: importing it
-approximately would give silently wrong features.
+Anything else (another architecture such as abstopk or a transcoder, another activation,
+reshape_activations hook_z, covariance_whitening, tensors we do not know) is refused with one line
+naming the key: importing it approximately would give silently wrong features.
 """
 
 from __future__ import annotations
@@ -40,10 +41,9 @@ _ARCHITECTURES = {
     "jumprelu": "jumprelu",
     "batchtopk": "batchtopk",
     "matryoshka_batchtopk": "batchtopk",
+    "gated": "gated",
 }
-_UNSUPPORTED_WHY = {
-    "gated": "plmlabel has no gated SAE (separate b_gate/b_mag/r_mag encoder paths)",
-}
+_TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
 _NORMALIZATION = {
     "none": "none",
     "expected_average_only_in": "none",
@@ -77,11 +77,6 @@ def _architecture(cfg: dict[str, Any], cfg_path: Path) -> tuple[str, str]:
         raise InputError(f"{cfg_path}: activation_fn {activation!r} is not supported (only relu and topk).")
     if architecture == "standard" and activation == "topk":
         architecture = "topk"
-    if architecture in _UNSUPPORTED_WHY:
-        raise InputError(
-            f"{cfg_path}: SAELens architecture {architecture!r} is not supported: "
-            f"{_UNSUPPORTED_WHY[architecture]}."
-        )
     if architecture not in _ARCHITECTURES:
         raise InputError(
             f"{cfg_path}: SAELens architecture {architecture!r} is not supported "
@@ -115,10 +110,11 @@ def _k(cfg: dict[str, Any], cfg_path: Path, architecture: str) -> int:
     return int(k)
 
 
-def _tensors(weights: Path, architecture: str, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
-    """The weights as float64, checked: names, shapes, finite values; threshold as [d_sae]."""
-    raw = read_weights(weights)
-    tensors = {name: t.double() for name, t in raw.items()}
+def _tensors(weights: Path, architecture: str, expected: dict[str, tuple[int, ...]],
+             d_sae: int) -> dict[str, torch.Tensor]:
+    """The weights as float64, checked against `expected` (name -> shape): names, shapes, finite values.
+    Older forms are converted first: log_threshold -> threshold, scalar topk_threshold -> threshold."""
+    tensors = {name: t.double() for name, t in read_weights(weights).items()}
     if "log_threshold" in tensors and "threshold" not in tensors:  # older JumpReLU files
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     if "topk_threshold" in tensors:  # BatchTopK training checkpoints: one scalar threshold
@@ -126,10 +122,6 @@ def _tensors(weights: Path, architecture: str, d_in: int, d_sae: int) -> dict[st
         if scalar.numel() != 1:
             raise InputError(f"{weights}: topk_threshold has shape {tuple(scalar.shape)}, expected ().")
         tensors.setdefault("threshold", scalar.reshape(()).expand(d_sae).clone())
-    expected: dict[str, tuple[int, ...]] = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,),
-                                            "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
-    if architecture in ("jumprelu", "batchtopk", "matryoshka_batchtopk"):
-        expected["threshold"] = (d_sae,)
     optional = {"scaling_factor": (d_sae,)}
     missing = [name for name in expected if name not in tensors]
     if missing:
@@ -146,6 +138,38 @@ def _tensors(weights: Path, architecture: str, d_in: int, d_sae: int) -> dict[st
     return tensors
 
 
+def _fold(t: dict[str, torch.Tensor], cfg: dict[str, Any], theirs: str, cfg_path: Path,
+          weights: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """SAELens's weights -> ours computing the same (see the module docstring); and whether the decoder
+    norms were folded."""
+    t = dict(t)
+    factor = t.pop("scaling_factor", None)
+    if not cfg.get("apply_b_dec_to_input", True):
+        # theirs: x @ W + b; ours: (x - b_dec) @ W + b' with b' = b + b_dec @ W, for each encoder path
+        shift = t["b_dec"] @ t["W_enc"]
+        if "b_enc" in t:
+            t["b_enc"] = t["b_enc"] + shift
+        if "b_gate" in t:
+            t["b_gate"] = t["b_gate"] + shift
+            t["b_mag"] = t["b_mag"] + shift * t["r_mag"].exp()
+    if factor is not None and not torch.allclose(factor, torch.ones_like(factor)):
+        if not cfg.get("finetuning_scaling_factor"):
+            raise InputError(f"{cfg_path}: the weights hold a scaling_factor but finetuning_scaling_factor "
+                             "is not set.")
+        t["W_dec"] = t["W_dec"] * factor[:, None]  # pre-6.0: features scaled before W_dec
+    # only the topk-family classes read the flag; the training ones (batchtopk, matryoshka) default to it
+    rescale = theirs in _TOPK_FAMILY and bool(
+        cfg.get("rescale_acts_by_decoder_norm", theirs != "topk"))
+    if rescale:
+        norms = t["W_dec"].norm(dim=-1)
+        if not (norms > 0).all():
+            raise InputError(f"{weights}: W_dec has rows of norm 0, which rescale_acts_by_decoder_norm "
+                             "divides by.")
+        t["W_enc"], t["b_enc"] = t["W_enc"] * norms, t["b_enc"] * norms
+        t["W_dec"] = t["W_dec"] / norms[:, None]
+    return t, rescale
+
+
 def import_saelens(path: str | Path, *, plm_model: str | None = None, layer: int | None = None) -> SAE:
     path = Path(path)
     if not path.is_dir():
@@ -156,34 +180,11 @@ def import_saelens(path: str | Path, *, plm_model: str | None = None, layer: int
     normalization = _normalization(cfg, cfg_path)
     k = _k(cfg, cfg_path, theirs) if ours in ("topk", "batchtopk") else None
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-    t = _tensors(weights, theirs, d_in, d_sae)
-
-    w_enc, b_enc, w_dec, b_dec = t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]
-    if not cfg.get("apply_b_dec_to_input", True):
-        # theirs: x @ W_enc + b_enc; ours: (x - b_dec) @ W_enc + b_enc' with b_enc' = b_enc + b_dec @ W_enc
-        b_enc = b_enc + b_dec @ w_enc
-    factor = t.get("scaling_factor")
-    if factor is not None and not torch.allclose(factor, torch.ones_like(factor)):
-        if not cfg.get("finetuning_scaling_factor"):
-            raise InputError(f"{cfg_path}: the weights hold a scaling_factor but finetuning_scaling_factor "
-                             "is not set.")
-        w_dec = w_dec * factor[:, None]  # pre-6.0: features scaled before W_dec
-    # SAELens's training classes (batchtopk, matryoshka) default to rescaling; its inference topk does not
-    rescale = bool(cfg.get("rescale_acts_by_decoder_norm", theirs in ("batchtopk", "matryoshka_batchtopk")))
-    rescale = rescale and theirs != "standard" and theirs != "jumprelu"  # only topk-family classes read it
-    if rescale:
-        norms = w_dec.norm(dim=-1)
-        if not (norms > 0).all():
-            raise InputError(f"{weights}: W_dec has rows of norm 0, which rescale_acts_by_decoder_norm "
-                             "divides by.")
-        w_enc, b_enc, w_dec = w_enc * norms, b_enc * norms, w_dec / norms[:, None]
-
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     source: dict[str, Any] = {
         "format": "saelens", "folder": path.name, "architecture": theirs,
         "hook_name": meta.get("hook_name", cfg.get("hook_name")),
         "sae_lens_version": meta.get("sae_lens_version", cfg.get("sae_lens_version")),
-        "rescale_acts_by_decoder_norm_folded": rescale,
     }
     if cfg.get("matryoshka_widths"):
         source["matryoshka_widths"] = cfg["matryoshka_widths"]
@@ -192,8 +193,9 @@ def import_saelens(path: str | Path, *, plm_model: str | None = None, layer: int
                          source=source, **({"k": k} if k is not None else {}))
     except InputError as exc:
         raise InputError(f"{cfg_path}: {exc}") from exc
-    saved = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
-    if "threshold" in t:
-        saved["threshold"] = t["threshold"]
-    sae.load_saved_weights({name: value.float() for name, value in saved.items()})
+    expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
+    tensors, rescaled = _fold(_tensors(weights, theirs, expected, d_sae), cfg, theirs, cfg_path, weights)
+    source["rescale_acts_by_decoder_norm_folded"] = rescaled
+    sae.cfg.source = source
+    sae.load_saved_weights({name: value.float() for name, value in tensors.items()})
     return sae

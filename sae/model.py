@@ -248,13 +248,17 @@ class SAE(nn.Module, ABC):
     def activation(self, hidden_pre: torch.Tensor) -> torch.Tensor:
         """Inference activation: pre-activations -> feature activations."""
 
+    def features_normalized(self, xn: torch.Tensor) -> torch.Tensor:
+        """Feature activations from normalised input (gated SAEs override it: two encoder paths)."""
+        return self.activation(self.pre_activation(xn))
+
     def decode_normalized(self, feats: torch.Tensor) -> torch.Tensor:
         return feats @ self.W_dec + self.b_dec
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """RAW embeddings [..., d_in] -> feature activations [..., d_sae]."""
         xn, _ = self.normalize(x)
-        return self.activation(self.pre_activation(xn))
+        return self.features_normalized(xn)
 
     def decode(self, feats: torch.Tensor, state: NormState | None = None) -> torch.Tensor:
         """Feature activations -> reconstruction in the RAW embedding space.
@@ -266,7 +270,7 @@ class SAE(nn.Module, ABC):
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         xn, state = self.normalize(x)
-        feats = self.activation(self.pre_activation(xn))
+        feats = self.features_normalized(xn)
         return SAEOutput(recon=self.denormalize(self.decode_normalized(feats), state), feats=feats)
 
     # --- training hooks ------------------------------------------------------------------------
@@ -380,13 +384,14 @@ class Registry(Mapping[str, RegistryEntry]):
 
 
 def _builtin_architectures() -> list[tuple[str, type[SAEConfig], type[SAE]]]:
-    from sae.architectures import batchtopk, jumprelu, relu, topk
+    from sae.architectures import batchtopk, gated, jumprelu, relu, topk
 
     return [
         ("relu", relu.ReLUConfig, relu.ReLUSAE),
         ("topk", topk.TopKConfig, topk.TopKSAE),
         ("batchtopk", batchtopk.BatchTopKConfig, batchtopk.BatchTopKSAE),
         ("jumprelu", jumprelu.JumpReLUConfig, jumprelu.JumpReLUSAE),
+        ("gated", gated.GatedConfig, gated.GatedSAE),
     ]
 
 

@@ -115,7 +115,7 @@ def clamp_stream(sae: Any, x: torch.Tensor, feature: int, rows: torch.Tensor,
         return x
     xr = x.index_select(0, rows)
     xn, state = sae.normalize(xr)
-    feats = sae.activation(sae.pre_activation(xn))
+    feats = sae.features_normalized(xn)
     clamped = feats.clone()
     if value is not None:
         clamped[..., feature] = value

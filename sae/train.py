@@ -61,7 +61,7 @@ class TrainConfig(BaseModel):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int | None = Field(None, ge=0)  # default: 5% of the steps, at most 1,000
     decay_fraction: float = Field(0.2, ge=0, le=1)  # linear decay to 0 over this last part of the run
-    l1_coefficient: float = Field(5.0, ge=0)  # relu
+    l1_coefficient: float = Field(5.0, ge=0)  # relu, gated
     l1_warmup_fraction: float = Field(0.05, ge=0, le=1)
     l0_coefficient: float = Field(1.0, ge=0)  # jumprelu
     aux_k_coefficient: float = Field(1.0 / 32.0, ge=0)  # topk, batchtopk
@@ -399,8 +399,8 @@ def train_in_workspace(
         k = k or 32
     elif k is not None:
         raise InputError(f"--k applies to topk and batchtopk, not {architecture}.")
-    if l1_coefficient is not None and architecture != "relu":
-        raise InputError(f"--l1 applies to relu SAEs, not {architecture}.")
+    if l1_coefficient is not None and architecture not in ("relu", "gated"):
+        raise InputError(f"--l1 applies to relu and gated SAEs, not {architecture}.")
     if l0_coefficient is not None and architecture != "jumprelu":
         raise InputError(f"--l0 applies to jumprelu SAEs, not {architecture}.")
     if not 0 <= holdout_fraction < 1:

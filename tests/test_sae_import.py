@@ -239,8 +239,11 @@ def test_saelens_matches_its_math(tmp_path, case):
 
 
 def test_saelens_unsupported_and_broken_folders(tmp_path):
+    _saelens_folder(tmp_path / "abstopk", {"architecture": "abstopk"}, _saelens_tensors())
+    with pytest.raises(InputError, match="'abstopk' is not supported"):
+        import_sae(tmp_path / "abstopk", "saelens")
     _saelens_folder(tmp_path / "gated", {"architecture": "gated"}, _saelens_tensors())
-    with pytest.raises(InputError, match="'gated' is not supported"):
+    with pytest.raises(InputError, match="no tensor b_gate, b_mag, r_mag"):
         import_sae(tmp_path / "gated", "saelens")
     _saelens_folder(tmp_path / "nothr", {"architecture": "jumprelu"}, _saelens_tensors())
     with pytest.raises(InputError, match="no tensor threshold"):

@@ -41,8 +41,9 @@ def _sae(arch: str, normalization: str = "none", d_in: int = 16, d_sae: int = 48
     sae = create_sae(arch, d_in, d_sae, normalization=normalization, plm_model="esm2_t6_8M_UR50D", layer=3,
                      **ARCH_KWARGS.get(arch, {}), **extra)
     with torch.no_grad():  # non-trivial biases and thresholds, so the round trip checks them too
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.5)
+        for name, parameter in sae.named_parameters():
+            if name.startswith("b_") or name == "r_mag":
+                parameter.normal_(0, 0.5 if name == "b_dec" else 0.1)
     if arch == "batchtopk":
         sae.threshold.fill_(0.05)
     if arch == "jumprelu":
@@ -51,8 +52,8 @@ def _sae(arch: str, normalization: str = "none", d_in: int = 16, d_sae: int = 48
     return sae.eval()
 
 
-def test_registry_lists_the_four_architectures():
-    assert sorted(REGISTRY) == ["batchtopk", "jumprelu", "relu", "topk"]
+def test_registry_lists_the_five_architectures():
+    assert sorted(REGISTRY) == ["batchtopk", "gated", "jumprelu", "relu", "topk"]
     for key, (cfg_class, model_class) in REGISTRY.items():
         assert cfg_class.model_fields["architecture"].default == key
         assert model_class.config_class is cfg_class
@@ -149,7 +150,7 @@ def test_bad_configs_are_input_errors():
     with pytest.raises(InputError, match="d_sae"):
         create_sae("relu", 16, 0)
     with pytest.raises(InputError, match="unknown SAE architecture"):
-        create_sae("gated", 16, 32)
+        create_sae("mystery", 16, 32)
     assert SAEConfig(architecture="relu", d_in=2, d_sae=3).normalization == "none"
 
 

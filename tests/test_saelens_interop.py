@@ -17,8 +17,6 @@ from sae_lens import SAE as LensSAE
 from sae_lens import (
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
-    GatedSAE,
-    GatedSAEConfig,
     MatryoshkaBatchTopKTrainingSAE,
     MatryoshkaBatchTopKTrainingSAEConfig,
     TopKTrainingSAE,
@@ -175,6 +173,21 @@ def test_saelens_inference_saes_import_exactly(tmp_path, arch, normalization):
     _assert_same(f"SAELens->ours {their_arch}", _ours_out(ours, x), _theirs_out(theirs, x))
 
 
+@pytest.mark.parametrize("arch", list(REGISTRY))
+def test_saelens_saes_without_b_dec_on_the_input_import_exactly(tmp_path, arch):
+    """apply_b_dec_to_input=false: folded into each encoder bias (b_enc; b_gate and b_mag for gated)."""
+    their_arch = REGISTRY[arch][1].saelens_architecture
+    cfg = {"architecture": their_arch, "d_in": D_IN, "d_sae": D_SAE, "apply_b_dec_to_input": False}
+    if their_arch == "topk":
+        cfg["k"] = 6
+    theirs = LensSAE.from_dict(cfg)
+    _randomize(theirs, seed=9)
+    theirs.save_model(tmp_path / "lens")
+    ours = import_sae(tmp_path / "lens", "saelens")
+    x = _x(6)
+    _assert_same(f"SAELens(no b_dec in)->ours {their_arch}", _ours_out(ours, x), _theirs_out(theirs, x))
+
+
 TRAINING = {
     "topk": (TopKTrainingSAE, TopKTrainingSAEConfig, {"k": 6}),
     "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, {"k": 6}),
@@ -244,7 +257,6 @@ def _lens_folder(tmp_path, cfg_changes=None, tensor_changes=None, arch="standard
 
 
 REFUSED = {
-    "gated": ({}, None, "gated", "SAELens architecture 'gated' is not supported: plmlabel has no gated SAE"),
     "abstopk": ({"k": 4}, None, "abstopk", "SAELens architecture 'abstopk' is not supported"),
     "unknown architecture": ({"architecture": "mystery"}, None, "standard", "architecture 'mystery'"),
     "unknown activation": ({"activation_fn": "tanh-relu"}, None, "standard", "activation_fn 'tanh-relu'"),
@@ -264,12 +276,7 @@ REFUSED = {
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_what_we_cannot_reproduce_is_refused_in_one_line(tmp_path, case, cli, workspace):
     cfg_changes, tensor_changes, arch, message = REFUSED[case]
-    if arch == "gated":
-        theirs = GatedSAE(GatedSAEConfig(d_in=D_IN, d_sae=D_SAE))
-        theirs.save_model(tmp_path / "lens")
-        folder = tmp_path / "lens"
-    else:
-        folder = _lens_folder(tmp_path, cfg_changes, tensor_changes, arch=arch)
+    folder = _lens_folder(tmp_path, cfg_changes, tensor_changes, arch=arch)
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         import_sae(folder, "saelens")
     result = cli("sae", "import", folder, "--format", "saelens", "--name", "x", "--workspace", workspace.root)

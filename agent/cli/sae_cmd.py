@@ -91,7 +91,7 @@ def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str 
 @click.option("--d-sae", type=click.IntRange(min=1), required=True, help="Number of features.")
 @click.option("--k", type=click.IntRange(min=1), default=None,
               help="Active features per residue for topk/batchtopk (default 32).")
-@click.option("--l1", type=FiniteFloat(min=0), default=None, help="relu: L1 coefficient (default 5).")
+@click.option("--l1", type=FiniteFloat(min=0), default=None, help="relu, gated: L1 coefficient (default 5).")
 @click.option("--l0", type=FiniteFloat(min=0), default=None,
               help="jumprelu: L0 coefficient (default 1).")
 @click.option("--tokens", type=click.IntRange(min=1), default=10_000_000, show_default=True,
