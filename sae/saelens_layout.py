@@ -38,11 +38,15 @@ SAELENS_NORMALIZATION = {
 def saelens_keys(sae: SAE) -> dict[str, Any]:
     """The cfg.json keys SAELens reads, with the values that make it compute what `sae` computes."""
     cfg = sae.cfg
+    architecture = getattr(type(sae), "saelens_architecture", None)
+    if architecture is None:  # every architecture must say which SAELens class computes what it does
+        raise NotImplementedError(f"SAE architecture {cfg.architecture!r} names no SAELens counterpart "
+                                  "(class attribute saelens_architecture)")
     metadata: dict[str, Any] = {"sae_lens_version": SAELENS_VERSION}
     if cfg.plm_model is not None:
         metadata["model_name"] = cfg.plm_model
     return {
-        "architecture": sae.saelens_architecture,
+        "architecture": architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,

@@ -17,8 +17,14 @@ from sae_lens import SAE as LensSAE
 from sae_lens import (
     BatchTopKTrainingSAE,
     BatchTopKTrainingSAEConfig,
+    GatedTrainingSAE,
+    GatedTrainingSAEConfig,
+    JumpReLUTrainingSAE,
+    JumpReLUTrainingSAEConfig,
     MatryoshkaBatchTopKTrainingSAE,
     MatryoshkaBatchTopKTrainingSAEConfig,
+    StandardTrainingSAE,
+    StandardTrainingSAEConfig,
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
     TrainingSAE,
@@ -218,6 +224,25 @@ def test_saelens_training_checkpoints_import_as_saelens_would_run_them(tmp_path,
     _assert_same(f"SAELens training->ours {kind}", _ours_out(ours, x), _theirs_out(reference, x))
     if kind == "matryoshka_batchtopk":
         assert ours.cfg.source["matryoshka_widths"] == [16, 40, D_SAE]
+
+
+PER_TOKEN_TRAINING = {
+    "standard": (StandardTrainingSAE, StandardTrainingSAEConfig, "relu"),
+    "jumprelu": (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, "jumprelu"),
+    "gated": (GatedTrainingSAE, GatedTrainingSAEConfig, "gated"),
+}
+
+
+@pytest.mark.parametrize("kind", list(PER_TOKEN_TRAINING))
+def test_other_saelens_training_checkpoints_import_exactly(tmp_path, kind):
+    model_class, cfg_class, ours_arch = PER_TOKEN_TRAINING[kind]
+    theirs = model_class(cfg_class(d_in=D_IN, d_sae=D_SAE))
+    _randomize(theirs, seed=13)
+    theirs.save_model(tmp_path / "ckpt")
+    ours = import_sae(tmp_path / "ckpt", "saelens")
+    assert ours.architecture == ours_arch
+    reference = TrainingSAE.load_from_disk(tmp_path / "ckpt")
+    _assert_same(f"SAELens training->ours {kind}", _ours_out(ours, _x(8)), _theirs_out(reference, _x(8)))
 
 
 @pytest.mark.parametrize("arch", list(REGISTRY))
