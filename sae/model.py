@@ -155,6 +155,7 @@ class SAE(nn.Module, ABC):
     """A sparse autoencoder over one ESM-2 layer. Subclasses define the activation and the loss."""
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    trainable: ClassVar[bool] = True  # False: imported only (topk_rescaled); `sae train` does not offer it
     # SAELens's name for the inference class that computes what this architecture computes
     saelens_architecture: ClassVar[str]
 
