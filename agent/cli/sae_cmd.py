@@ -49,6 +49,7 @@ def sae() -> None:
 
 model_option = click.option("--model", default=None, metavar="NAME_OR_PATH",
                             help="ESM-2 the SAE reads (default: [plm] model in plmlabel.toml).")
+_TRAINABLE = [key for key, (_, model_class) in REGISTRY.items() if model_class.trainable]
 layer_option = click.option("--layer", type=click.IntRange(min=0), default=None,
                             help="ESM-2 layer the SAE reads (default: [plm] layer).")
 
@@ -86,7 +87,7 @@ def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str 
 @click.option("--name", "sae_id", required=True, help="Name of the new SAE.")
 @model_option
 @layer_option
-@click.option("--arch", "architecture", required=True, type=click.Choice(list(REGISTRY)),
+@click.option("--arch", "architecture", required=True, type=click.Choice(_TRAINABLE),
               help="SAE architecture.")
 @click.option("--d-sae", type=click.IntRange(min=1), required=True, help="Number of features.")
 @click.option("--k", type=click.IntRange(min=1), default=None,
