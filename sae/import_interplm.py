@@ -121,15 +121,15 @@ def import_interplm(path: str | Path, *, plm_model: str | None = None, layer: in
 
 def _interplm_class(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     keys = set(tensors)
-    if {"W_enc", "W_dec"} <= keys:
+    if "W_enc" in keys:
         return "JumpReLUSAE (v1.0.0)"
     if "encoder.weight" not in keys:
         raise InputError(
             f"{path} is not an InterPLM SAE state dict: no encoder.weight (nor W_enc); it holds "
             f"{_some(keys)}."
         )
-    if "k" in keys or "b_dec" in keys:
-        return "TopKSAE/BatchTopKSAE"
+    if "k" in keys or "b_dec" in keys or ("threshold" in keys and tensors["threshold"].dim() == 0):
+        return "TopKSAE/BatchTopKSAE"  # their threshold is one number there, one per feature in JumpReLU
     if "threshold" in keys:
         return "JumpReLUSAE"
     if "decoder.bias" in keys:
