@@ -14,6 +14,7 @@ saelens    A SAELens folder: cfg.json + sae_weights.safetensors with W_enc [d_in
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,6 +78,10 @@ def _load_failure(exc: Exception) -> str:
     if isinstance(exc, EOFError):
         return "the file ends early: empty or cut short"
     text = str(exc)
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", text)
+    if blocked:
+        return (f"not a PyTorch file of tensors only: Unsupported global: GLOBAL {blocked[1]} "
+                f"(module {blocked[2]})")
     if "WeightsUnpickler error:" in text:
         first = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
         reason = first.split(". ")[0].rstrip(".")
