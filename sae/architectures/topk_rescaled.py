@@ -12,7 +12,7 @@ Import only: `sae train` does not offer it (training_step trains the TopK part w
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -35,6 +35,9 @@ class TopKRescaledConfig(SAEConfig):
 class TopKRescaledSAE(SAE):
     config_class = TopKRescaledConfig
     trainable = False
+    # SAELens has no class for it (its TopK can rescale by decoder norms, not scale after the choice):
+    # a name SAELens does not know, so its loader refuses the folder instead of giving other features.
+    saelens_architecture = "plmlabel_topk_rescaled"
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -44,6 +47,9 @@ class TopKRescaledSAE(SAE):
     def k(self) -> int:
         assert self.cfg.k is not None
         return self.cfg.k
+
+    def saelens_fields(self) -> dict[str, Any]:
+        return {"k": self.k}
 
     def activation(self, hidden_pre: torch.Tensor) -> torch.Tensor:
         return topk_activation(hidden_pre, self.k) * self.feature_scale.to(hidden_pre.dtype)
