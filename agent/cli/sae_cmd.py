@@ -58,12 +58,14 @@ layer_option = click.option("--layer", type=click.IntRange(min=0), default=None,
 @workspace_option
 @click.argument("path", type=click.Path())
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
-              help="interplm: ae_normalized.pt; interprot: .safetensors; saelens: a folder.")
+              help="interplm: ae_normalized.pt or its run folder; interprot: .safetensors, .pt or a "
+              "Lightning .ckpt; saelens: a folder.")
 @click.option("--name", "sae_id", required=True, help="Name of the SAE in this workspace.")
 @model_option
 @layer_option
 @click.option("--k", type=click.IntRange(min=1), default=None,
-              help="InterProt only: k when the file name does not say it.")
+              help="InterProt only: k when neither the checkpoint, the file name nor a known release "
+              "says it.")
 @click.option("--force", is_flag=True, help="Replace an SAE of the same name (its labels and concept "
               "scores are deleted, they describe the old weights; rebuild its index).")
 @json_option
