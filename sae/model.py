@@ -385,7 +385,7 @@ class Registry(Mapping[str, RegistryEntry]):
 
 
 def _builtin_architectures() -> list[tuple[str, type[SAEConfig], type[SAE]]]:
-    from sae.architectures import batchtopk, gated, jumprelu, relu, topk
+    from sae.architectures import batchtopk, gated, jumprelu, relu, topk, topk_rescaled
 
     return [
         ("relu", relu.ReLUConfig, relu.ReLUSAE),
@@ -393,6 +393,7 @@ def _builtin_architectures() -> list[tuple[str, type[SAEConfig], type[SAE]]]:
         ("batchtopk", batchtopk.BatchTopKConfig, batchtopk.BatchTopKSAE),
         ("jumprelu", jumprelu.JumpReLUConfig, jumprelu.JumpReLUSAE),
         ("gated", gated.GatedConfig, gated.GatedSAE),
+        ("topk_rescaled", topk_rescaled.TopKRescaledConfig, topk_rescaled.TopKRescaledSAE),
     ]
 
 

@@ -260,6 +260,18 @@ def test_ours_through_saelens_and_back_is_unchanged(tmp_path, arch):
     _assert_same(f"ours->SAELens->ours {arch}", _ours_out(back, x), _ours_out(sae, x))
 
 
+def test_what_saelens_cannot_compute_it_refuses(tmp_path):
+    """InterPLM's normalised TopK (top-k choice, then a per-feature scale): SAELens raises, no numbers."""
+    for key, (_, model_class) in REGISTRY.items():
+        if key in EXPORTABLE:
+            continue
+        sae = create_sae(key, D_IN, D_SAE, k=6)
+        save_sae(sae, tmp_path / key)
+        with pytest.raises(Exception, match=model_class.saelens_architecture):
+            LensSAE.load_from_disk(tmp_path / key)
+        assert torch.equal(load_sae(tmp_path / key).encode(_x()), sae.encode(_x()))
+
+
 # --- what is refused --------------------------------------------------------------------------------
 
 
