@@ -39,8 +39,9 @@ def agent(fake, fe, provider="anthropic", **limits):
 
     async def go():
         try:
-            return await run_agent(AgentView.of(fe), explain_baseline(fe), llm,
-                                   prefix=build_explain_request(fe).messages[0].content, limits=Limits(**limits))
+            prefix = build_explain_request(fe).messages[0].content
+            return await run_agent(AgentView.of(fe), explain_baseline(fe), llm, prefix=prefix,
+                                   limits=Limits(**limits))
         finally:
             await llm.aclose()
 

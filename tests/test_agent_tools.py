@@ -48,7 +48,8 @@ def test_concept_f1_per_residue(feature):
 def test_protein_aligns_firing_runs_and_refuses_test_proteins(feature):
     firing = next(e for e in feature.examples if e.firing and e.protein.features)
     result, data = call(box(feature), "protein", {"accession": firing.protein.accession})
-    assert result.ok and data["firing_runs"] and "Zinc finger C2H2-type" in data["firing_runs"][0]["annotations"]
+    assert result.ok and data["firing_runs"]
+    assert "Zinc finger C2H2-type" in data["firing_runs"][0]["annotations"]
     refused, data = call(box(feature), "protein", {"accession": feature.heldout[0].accession})
     assert not refused.ok and "not among" in data["error"]
 
