@@ -23,7 +23,8 @@ def ws(workspace, monkeypatch):
     with workspace.db() as db:
         register_sae(db, "agent", list(features.values()))
     monkeypatch.setattr(sae.index, "load_feature_examples", lambda _ws, _db, _sae, f: features[f])
-    workspace.config_path.write_text("[label]\nretry_wait_s = 0.001\nmax_retries = 1\n[agent]\nmax_simulations = 4\n")
+    config = "[label]\nretry_wait_s = 0.001\nmax_retries = 1\n[agent]\nmax_simulations = 4\n"
+    workspace.config_path.write_text(config)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-agent-cli-test")
     return workspace
 
@@ -78,7 +79,8 @@ def test_on_a_real_index_the_agent_never_sees_the_test_half(cli, tmp_path, monke
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-agent-cli-test")
     ws = copy_template(shared_swissprot(), tmp_path / "ws")
     with FakeLLM() as fake:
-        result = cli("label", SAE_ID, "--top", "2", "--agent", "--base-url", fake.anthropic_url, "-w", ws.root)
+        result = cli("label", SAE_ID, "--top", "2", "--agent", "--base-url", fake.anthropic_url,
+                     "-w", ws.root)
         assert result.exit_code == 0, result.stderr
         requests = list(fake.requests)
     with ws.db() as db:
