@@ -1,11 +1,13 @@
 """The offline agent: no LLM, deterministic. It makes the agent's lift measurable without a provider.
 
 1. The one-shot (baseline) explanation is tried on the validation half.
-2. Terms (concepts, keywords, locations, organisms: agent/agentic/hypothesis.py) of the example
-   proteins are ranked by the Pearson r between their presence and the examples' activations.
+2. Terms (concepts, keywords, locations, organisms: agent/agentic/hypothesis.py) of the firing
+   proteins are ranked by the Pearson r between their presence and the activations, over the
+   screening proteins: the examples and the other indexed proteins the view offers (never the
+   validation half); terms present on the same proteins count once.
 3. Candidate rules: the best terms singly, and pairs of them joined by AND and by OR; each is
-   screened on the examples (free: no validation protein is looked at), and the best few, as many
-   as the simulation limit leaves, are tried on the validation half.
+   screened the same way, and the best few, as many as the simulation limit leaves, are tried on
+   the validation half.
 4. The hypothesis with the best validation r is committed (the one-shot on ties).
 
 Its simulator predicts from metadata only: a rule's proteins at the mean activation of the examples
@@ -27,7 +29,8 @@ from agent.score import pearson
 from agent.simulate import SCALE_MAX
 
 N_TERMS = 8  # best terms considered singly
-N_PAIRED = 5  # best terms considered in pairs
+N_PAIRED = 4  # best terms paired among themselves
+N_WITH_BEST = 14  # terms paired with the best one
 MIN_SUPPORT = 2  # firing examples that must show a term
 
 
@@ -71,34 +74,53 @@ def rule_simulator(view: AgentView):
     return simulate
 
 
-def ranked_terms(examples: tuple[SeenProtein, ...]) -> list[tuple[Term, float]]:
-    """Terms of the example proteins by the r between their presence and the activations."""
-    activations = [e.normalized for e in examples]
-    sets = [terms_of(e.protein) for e in examples]
-    every = sorted({t for s in sets for t in s}, key=lambda t: (t.field, t.value))
-    scored = []
-    for term in every:
-        present = [term in s for s in sets]
-        if sum(p and a > 0 for p, a in zip(present, activations, strict=True)) < MIN_SUPPORT:
+def _specificity(term: Term) -> tuple[int, int]:
+    """Among terms alike on the screening proteins, the one to name: a concept, then the longest name."""
+    order = {"concept": 3, "location": 2, "keyword": 2, "organism": 1, "text": 0}
+    return order[term.field], len(term.value)
+
+
+def ranked_terms(screen: list[SeenProtein]) -> list[tuple[Term, float]]:
+    """Terms of the firing screening proteins by the r between their presence and the activations.
+
+    Terms present on exactly the same proteins ("Transmembrane", "Keyword Transmembrane helix") are one
+    signal: only the most specific of them is kept, so the pairs below combine different signals."""
+    activations = [p.normalized for p in screen]
+    sets = [terms_of(p.protein) for p in screen]
+    every = {t for s, a in zip(sets, activations, strict=True) if a > 0 for t in s}
+    by_pattern: dict[tuple[bool, ...], Term] = {}
+    for term in sorted(every, key=lambda t: (t.field, t.value)):
+        pattern = tuple(term in s for s in sets)
+        if sum(p and a > 0 for p, a in zip(pattern, activations, strict=True)) < MIN_SUPPORT:
             continue
-        r = pearson([float(p) for p in present], activations)
+        kept = by_pattern.get(pattern)
+        if kept is None or _specificity(term) > _specificity(kept):
+            by_pattern[pattern] = term
+    scored = []
+    for pattern, term in by_pattern.items():
+        r = pearson([float(p) for p in pattern], activations)
         if r is not None and r > 0:
             scored.append((term, r))
     scored.sort(key=lambda item: (-item[1], item[0].field != "concept", item[0].value))
     return scored
 
 
-def candidate_rules(examples: tuple[SeenProtein, ...]) -> list[tuple[Rule, float]]:
-    """Single terms and AND / OR pairs, by their r on the examples; rules alike on the examples once."""
-    terms = [t for t, _ in ranked_terms(examples)]
+def candidate_rules(screen: list[SeenProtein]) -> list[tuple[Rule, float]]:
+    """Single terms and AND / OR pairs, by their r on the screening proteins; rules alike there once."""
+    terms = [t for t, _ in ranked_terms(screen)]
     rules = [Rule(terms=(t,)) for t in terms[:N_TERMS]]
-    for a, b in combinations(terms[:N_PAIRED], 2):
+    # The best term restricted by, or joined with, each of the next ones; and the best few among themselves.
+    pairs = [(terms[0], t) for t in terms[1:N_WITH_BEST]] if terms else []
+    pairs += [p for p in combinations(terms[1:N_PAIRED], 2)]
+    for a, b in pairs:
         rules += [Rule(terms=(a, b), op="AND"), Rule(terms=(a, b), op="OR")]
-    activations = [e.normalized for e in examples]
+    activations = [p.normalized for p in screen]
+    sets = [terms_of(p.protein) for p in screen]
     seen_patterns: set[tuple[bool, ...]] = set()
     scored = []
     for rule in rules:
-        pattern = tuple(rule.holds(e.protein) for e in examples)
+        join = all if rule.op == "AND" else any
+        pattern = tuple(join(t in s for t in rule.terms) for s in sets)
         r = pearson([float(x) for x in pattern], activations)
         if r is None or pattern in seen_patterns:
             continue
@@ -134,7 +156,9 @@ async def run_baseline_agent(view: AgentView, oneshot: Explanation, limits: Limi
     toolbox = Toolbox(view, rule_simulator(view), limits)
     first = Hypothesis(oneshot.label, oneshot.description, list(oneshot.concepts), oneshot.confidence)
     await toolbox.try_hypothesis(first)
-    candidates = candidate_rules(view.examples)
+    # Screened on the examples and the other indexed proteins, never on the validation half they are tried on.
+    screen = [p for p in view.population() if p.role != "validation"]
+    candidates = candidate_rules(screen)
     # Evidence for the trace (each counts as a tool call): how the best terms fire across the corpus.
     for rule, _ in candidates[:2]:
         if toolbox.calls_left <= 1:

@@ -84,7 +84,30 @@ class Rule(BaseModel):
         return all(found) if self.op == "AND" else any(found)
 
 
+_CACHE_SIZE = 100_000
+_folded_cache: dict[tuple, dict[str, set[str]]] = {}
+_terms_cache: dict[tuple, frozenset] = {}
+
+
+def _key(protein: Protein) -> tuple:
+    """Cheap identity of a record (an accession may be re-imported with other content)."""
+    return (protein.accession, protein.length, len(protein.features), protein.keywords, protein.organism)
+
+
+def _remember(cache: dict, key: tuple, value):
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 def _folded(protein: Protein) -> dict[str, set[str]]:
+    key = _key(protein)
+    found = _folded_cache.get(key)
+    return found if found is not None else _remember(_folded_cache, key, _fold(protein))
+
+
+def _fold(protein: Protein) -> dict[str, set[str]]:
     concepts = {concept_key(c) for c in protein_concepts(protein) if not c.startswith("Keyword ")}
     keywords = {concept_key(k) for k in protein.keywords if k not in UNINFORMATIVE_KEYWORDS}
     return {"concept": concepts, "keyword": keywords}
@@ -107,8 +130,14 @@ def matches(term: Term, protein: Protein) -> bool:
     return want in concept_key(clean(text))
 
 
-def terms_of(protein: Protein) -> set[Term]:
+def terms_of(protein: Protein) -> frozenset[Term]:
     """Every term a protein's record offers (for enrichment): concepts, keywords, locations, organism."""
+    key = _key(protein)
+    found = _terms_cache.get(key)
+    return found if found is not None else _remember(_terms_cache, key, frozenset(_terms(protein)))
+
+
+def _terms(protein: Protein) -> set[Term]:
     found = {
         Term(field="concept", value=c) for c in protein_concepts(protein) if not c.startswith("Keyword ")
     }

@@ -120,3 +120,16 @@ class IndexCorpus:
         chosen = sample_corpus(items, self.seed + feature)
         found = get_proteins(self.db, [a for a, _ in chosen])
         return [SeenProtein(found[a], n, "index") for a, n in chosen if a in found]
+
+
+class MemoryCorpus:
+    """A corpus held in memory: per feature, (protein, normalised max) pairs (benches and tests)."""
+
+    def __init__(self, by_feature: dict[int, Sequence[tuple[Protein, float]]], seed: int = 0) -> None:
+        self.by_feature, self.seed = by_feature, seed
+
+    def proteins(self, feature: int, exclude: set[str]) -> list[SeenProtein]:
+        pairs = self.by_feature.get(feature, ())
+        items = {p.accession: (p, n) for p, n in pairs if p.accession not in exclude}
+        chosen = sample_corpus([(a, n) for a, (_, n) in items.items()], self.seed + feature)
+        return [SeenProtein(items[a][0], n, "index") for a, n in chosen]
