@@ -58,42 +58,87 @@ def _planted(name: str):
     import random
 
     def fires(protein):
-        return concept.positions(protein, random.Random(protein.accession)) if concept.carries(protein) else []
+        return (
+            concept.positions(protein, random.Random(protein.accession)) if concept.carries(protein) else []
+        )
 
     return fires
 
 
 def _binding(ligand: str):
     def fires(protein):
-        return [p for f in protein.features if f.type == "Binding site" and ligand in (f.ligand or "") and f.start
-                for p in range(f.start, (f.end or f.start) + 1)]
+        return [
+            p
+            for f in protein.features
+            if f.type == "Binding site" and ligand in (f.ligand or "") and f.start
+            for p in range(f.start, (f.end or f.start) + 1)
+        ]
+
     return fires
 
 
 def _residue_in(residue: str, type_: str):
     def fires(protein):
-        return [p for f in protein.features if f.type == type_ and f.start and f.end
-                for p in range(f.start, f.end + 1) if protein.sequence[p - 1: p] == residue]
+        return [
+            p
+            for f in protein.features
+            if f.type == type_ and f.start and f.end
+            for p in range(f.start, f.end + 1)
+            if protein.sequence[p - 1 : p] == residue
+        ]
+
     return fires
 
 
 def cases() -> list[Case]:
-    singles = [Case(name, "single", (next(p for p in PLANTED if p.name == name).key,), _planted(name))
-               for name in ("Zinc finger", "Transmembrane", "Protein kinase domain", "Signal peptide",
-                            "ATP binding site", "Disulfide bond", "Coiled coil", "Kinase (keyword)")]
+    singles = [
+        Case(name, "single", (next(p for p in PLANTED if p.name == name).key,), _planted(name))
+        for name in (
+            "Zinc finger",
+            "Transmembrane",
+            "Protein kinase domain",
+            "Signal peptide",
+            "ATP binding site",
+            "Disulfide bond",
+            "Coiled coil",
+            "Kinase (keyword)",
+        )
+    ]
     human = lambda p: (p.organism or "").startswith("Homo sapiens")  # noqa: E731
     combos = [
-        Case("Transmembrane, human proteins only", "combination", ("transmembrane", "homo sapiens"),
-             only_if(region("Transmembrane"), human)),
-        Case("Zn(2+) binding in nuclear proteins", "combination", ("zn(2+)", "nucleus"),
-             only_if(_binding("Zn(2+)"), lambda p: "Nucleus" in p.keywords)),
-        Case("Disulfide bond in secreted proteins", "combination", ("disulfide", "secreted"),
-             only_if(_planted("Disulfide bond"), lambda p: "Secreted" in p.keywords)),
-        Case("Kinase in cytoplasmic proteins", "combination", ("kinase", "cytoplasm"),
-             only_if(_planted("Kinase (keyword)"), lambda p: "Cytoplasm" in p.keywords)),
-        Case("Signal peptide or transmembrane", "combination", ("signal", "transmembrane"),
-             either(region("Signal"), region("Transmembrane"))),
-        Case("Cysteines inside zinc fingers", "combination", ("zinc finger",), _residue_in("C", "Zinc finger")),
+        Case(
+            "Transmembrane, human proteins only",
+            "combination",
+            ("transmembrane", "homo sapiens"),
+            only_if(region("Transmembrane"), human),
+        ),
+        Case(
+            "Zn(2+) binding in nuclear proteins",
+            "combination",
+            ("zn(2+)", "nucleus"),
+            only_if(_binding("Zn(2+)"), lambda p: "Nucleus" in p.keywords),
+        ),
+        Case(
+            "Disulfide bond in secreted proteins",
+            "combination",
+            ("disulfide", "secreted"),
+            only_if(_planted("Disulfide bond"), lambda p: "Secreted" in p.keywords),
+        ),
+        Case(
+            "Kinase in cytoplasmic proteins",
+            "combination",
+            ("kinase", "cytoplasm"),
+            only_if(_planted("Kinase (keyword)"), lambda p: "Cytoplasm" in p.keywords),
+        ),
+        Case(
+            "Signal peptide or transmembrane",
+            "combination",
+            ("signal", "transmembrane"),
+            either(region("Signal"), region("Transmembrane")),
+        ),
+        Case(
+            "Cysteines inside zinc fingers", "combination", ("zinc finger",), _residue_in("C", "Zinc finger")
+        ),
     ]
     return singles + combos
 
@@ -107,8 +152,10 @@ def features(proteins, chosen: list[Case], shuffle: bool):
             profiles = shuffled(proteins, profiles, seed=100 + i)
         fe = build_split(proteins, profiles, sae_id="bench", feature=i, seed=i)
         out.append(fe)
-        corpus[i] = [(p, profiles[p.accession].peak / fe.max_activation if p.accession in profiles else 0.0)
-                     for p in proteins]
+        corpus[i] = [
+            (p, profiles[p.accession].peak / fe.max_activation if p.accession in profiles else 0.0)
+            for p in proteins
+        ]
     return out, MemoryCorpus(corpus)
 
 
@@ -127,17 +174,34 @@ def run_way(examples, labeler, chosen, corpus):
     register_sae(db, "bench", examples)
     by_feature = {fe.feature: fe for fe in examples}
     started = time.perf_counter()
-    summary = asyncio.run(run_job(db, sae_id="bench", features=list(by_feature), labeler=labeler,
-                                  load_examples=by_feature.__getitem__, settings=JobSettings(concurrency=4)))
+    summary = asyncio.run(
+        run_job(
+            db,
+            sae_id="bench",
+            features=list(by_feature),
+            labeler=labeler,
+            load_examples=by_feature.__getitem__,
+            settings=JobSettings(concurrency=4),
+        )
+    )
     seconds = time.perf_counter() - started
     rows = []
     for fe, case in zip(examples, chosen, strict=True):
         label = get_label(db, "bench", fe.feature)
         trace = json.loads(label.trace) if label.trace else None
-        rows.append({"case": case, "label": label, "named": named(label, case), "validated": label.validated,
-                     "r": label.pearson, "oneshot_r": label.oneshot_pearson,
-                     "tool_calls": trace["tool_calls"] if trace else 0,
-                     "tokens": (label.input_tokens or 0) + (label.output_tokens or 0), "cost": label.cost_usd})
+        rows.append(
+            {
+                "case": case,
+                "label": label,
+                "named": named(label, case),
+                "validated": label.validated,
+                "r": label.pearson,
+                "oneshot_r": label.oneshot_pearson,
+                "tool_calls": trace["tool_calls"] if trace else 0,
+                "tokens": (label.input_tokens or 0) + (label.output_tokens or 0),
+                "cost": label.cost_usd,
+            }
+        )
     return summary, rows, seconds
 
 
@@ -145,20 +209,28 @@ def report(way: str, rows, requests: int | None, kind: str | None = None) -> dic
     chosen = [r for r in rows if kind is None or r["case"].kind == kind]
     rs = [r["r"] if r["r"] is not None else 0.0 for r in chosen]
     costs = [r["cost"] for r in chosen if r["cost"] is not None]
-    out = {"way": way, "n": len(chosen), "named": sum(r["named"] for r in chosen),
-           "validated": sum(r["validated"] for r in chosen), "median_r": statistics.median(rs) if rs else None,
-           "tool_calls": statistics.fmean(r["tool_calls"] for r in chosen) if chosen else 0,
-           "tokens": statistics.fmean(r["tokens"] for r in chosen) if chosen else 0,
-           "cost": statistics.fmean(costs) if costs else 0.0,
-           "requests": (requests / len(rows)) if requests is not None and rows else None}
+    out = {
+        "way": way,
+        "n": len(chosen),
+        "named": sum(r["named"] for r in chosen),
+        "validated": sum(r["validated"] for r in chosen),
+        "median_r": statistics.median(rs) if rs else None,
+        "tool_calls": statistics.fmean(r["tool_calls"] for r in chosen) if chosen else 0,
+        "tokens": statistics.fmean(r["tokens"] for r in chosen) if chosen else 0,
+        "cost": statistics.fmean(costs) if costs else 0.0,
+        "requests": (requests / len(rows)) if requests is not None and rows else None,
+    }
     return out
 
 
 def line(row: dict) -> str:
     req = f"{row['requests']:.1f}" if row["requests"] is not None else "  - "
-    return (f"  {row['way']:<28} named {row['named']:>2}/{row['n']:<2} validated {row['validated']:>2}/{row['n']:<2} "
-            f"median r {row['median_r']:.2f}  calls {row['tool_calls']:4.1f}  requests {req:>4}  "
-            f"tokens {row['tokens']:8.0f}  ${row['cost']:.4f}/feature")
+    return (
+        f"  {row['way']:<28} named {row['named']:>2}/{row['n']:<2} "
+        f"validated {row['validated']:>2}/{row['n']:<2} "
+        f"median r {row['median_r']:.2f}  calls {row['tool_calls']:4.1f}  requests {req:>4}  "
+        f"tokens {row['tokens']:8.0f}  ${row['cost']:.4f}/feature"
+    )
 
 
 def main() -> None:
@@ -170,51 +242,64 @@ def main() -> None:
     started = time.perf_counter()
     proteins = load_proteins(SWISSPROT)
     chosen = cases()[: args.limit]
-    print(f"{len(proteins)} Swiss-Prot proteins, {len(chosen)} planted features "
-          f"({sum(c.kind == 'combination' for c in chosen)} combinations); loaded in "
-          f"{time.perf_counter() - started:.1f}s")
+    print(
+        f"{len(proteins)} Swiss-Prot proteins, {len(chosen)} planted features "
+        f"({sum(c.kind == 'combination' for c in chosen)} combinations); loaded in "
+        f"{time.perf_counter() - started:.1f}s"
+    )
     retry = RetryPolicy(max_attempts=2, initial_wait=0.001, max_wait=0.01)
     results: dict[str, dict] = {}
     for shuffle in (False, True):
         examples, corpus = features(proteins, chosen, shuffle)
         title = "shuffled" if shuffle else "planted"
         print(f"\n{title}:")
-        ways = (("baseline one-shot", lambda: BaselineLabeler()),
-                ("baseline agent", lambda: BaselineLabeler(Limits())),
-                ("fake-anthropic one-shot", None), ("fake-anthropic agent", None))
+        ways = (
+            ("baseline one-shot", lambda: BaselineLabeler()),
+            ("baseline agent", lambda: BaselineLabeler(Limits())),
+            ("fake-anthropic one-shot", None),
+            ("fake-anthropic agent", None),
+        )
         for way, build in ways[: 2 if args.baseline_only else 4]:
             fake = None
             if build is None:
                 fake = FakeLLM().start()
                 agent = Limits() if way.endswith("agent") else None
-                labeler = make_labeler("anthropic", base_url=fake.anthropic_url, retry=retry, timeout_s=10,
-                                       agent=agent)
+                labeler = make_labeler(
+                    "anthropic", base_url=fake.anthropic_url, retry=retry, timeout_s=10, agent=agent
+                )
             else:
                 labeler = build()
             _, rows, seconds = run_way(examples, labeler, chosen, corpus)
             requests = len(fake.requests) if fake else None
             if fake:
                 fake.stop()
-            results[f"{title}/{way}"] = {"all": report(way, rows, requests),
-                                         "combination": report(way + " (combos)", rows, requests, "combination"),
-                                         "single": report(way + " (singles)", rows, requests, "single")}
+            results[f"{title}/{way}"] = {
+                "all": report(way, rows, requests),
+                "combination": report(way + " (combos)", rows, requests, "combination"),
+                "single": report(way + " (singles)", rows, requests, "single"),
+            }
             print(line(results[f"{title}/{way}"]["all"]) + f"  [{seconds:.1f}s]")
             if not shuffle:
                 print(line(results[f"{title}/{way}"]["combination"]))
                 print(line(results[f"{title}/{way}"]["single"]))
             if not shuffle and way.endswith("agent"):
                 for r in rows:
-                    print(f"      {r['case'].name:<40} {'named' if r['named'] else '     '} "
-                          f"{'valid' if r['validated'] else '     '} r {r['r'] or 0:5.2f} "
-                          f"(one-shot {r['oneshot_r'] if r['oneshot_r'] is not None else float('nan'):5.2f})  "
-                          f"{r['label'].label}")
+                    print(
+                        f"      {r['case'].name:<40} {'named' if r['named'] else '     '} "
+                        f"{'valid' if r['validated'] else '     '} r {r['r'] or 0:5.2f} "
+                        f"(one-shot {r['oneshot_r'] if r['oneshot_r'] is not None else float('nan'):5.2f})  "
+                        f"{r['label'].label}"
+                    )
     if args.baseline_only:
         return
     one = results["planted/fake-anthropic one-shot"]["all"]
     agent = results["planted/fake-anthropic agent"]["all"]
-    print(f"\ncost per feature, fake-anthropic at {make_labeler_model()} list price: agent ${agent['cost']:.4f} / "
-          f"one-shot ${one['cost']:.4f} = {agent['cost'] / one['cost']:.2f}x (target <= 2.5x); "
-          f"tokens {agent['tokens'] / one['tokens']:.2f}x")
+    print(
+        f"\ncost per feature, fake-anthropic at {make_labeler_model()} list price: "
+        f"agent ${agent['cost']:.4f} / "
+        f"one-shot ${one['cost']:.4f} = {agent['cost'] / one['cost']:.2f}x (target <= 2.5x); "
+        f"tokens {agent['tokens'] / one['tokens']:.2f}x"
+    )
     for prefix in ("baseline", "fake-anthropic"):
         a, b = results[f"shuffled/{prefix} one-shot"]["all"], results[f"shuffled/{prefix} agent"]["all"]
         print(f"shuffled, {prefix}: validated one-shot {a['validated']} vs agent {b['validated']}")
