@@ -542,6 +542,8 @@ def _anthropic_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> 
         return _agent_answer(fake, body, key, path, "anthropic")
     tools = body.get("tools") or []
     prompt = _first_user_text(body.get("messages", []))
+    if "<protein accession=" not in prompt:  # the agent's trials list their proteins in the system block
+        prompt += "\n" + "".join(b.get("text", "") for b in body.get("system") or [] if isinstance(b, dict))
     output_format = (body.get("output_config") or {}).get("format")
     stage = tools[0]["name"] if tools else _stage_from_prompt(prompt)
     feature = _FEATURE_RE.search(prompt)
@@ -609,6 +611,8 @@ def _openai_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> Rep
     stage = schema.get("name")
     messages = body.get("messages", [])
     prompt = _first_user_text(messages)
+    if stage == "simulation" and "<protein accession=" not in prompt:  # the agent's trials: in the system
+        prompt += "\n" + "".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
     feature = _FEATURE_RE.search(prompt)
     action = fake.next_action()
     fake.record(Recorded("openai", path, stage, int(feature.group(1)) if feature else None,

@@ -25,7 +25,7 @@ from agent.explain import Explanation
 from agent.llm import LLMError, Usage
 from agent.llm.chat import ChatRequest, ChatTurn, ToolDef, ToolOutput
 from agent.metadata import clean
-from agent.simulate import build_simulate_request
+from agent.simulate import build_trial_request
 
 PROMPT_NAME = "agent"
 REPEATS = 3  # the same call this often: the model is looping
@@ -37,7 +37,8 @@ def tool_defs() -> tuple[ToolDef, ...]:
 
 
 def llm_simulator(llm: Any, sae_id: str, feature: int):
-    """try_explanation through the LLM simulator (the simulate prompt), on the proteins given."""
+    """try_explanation through the LLM simulator (the simulate prompt, its proteins in the cached
+    system block: agent/simulate.py `build_trial_request`), on the proteins given."""
 
     async def simulate(hypothesis: Hypothesis, proteins: list[SeenProtein]) -> tuple[list[float], Usage]:
         explanation = Explanation(
@@ -48,7 +49,7 @@ def llm_simulator(llm: Any, sae_id: str, feature: int):
             concepts=hypothesis.concepts,
             confidence=hypothesis.confidence if hypothesis.confidence is not None else 0.5,
         )
-        result = await llm.generate(build_simulate_request(explanation, [p.protein for p in proteins]))
+        result = await llm.generate(build_trial_request(explanation, [p.protein for p in proteins]))
         by_accession = result.parsed.model_dump(by_alias=True)
         return [float(by_accession[p.accession]) for p in proteins], result.usage
 
