@@ -31,10 +31,13 @@ def ranked_concepts(prompt: str, n: int = 3) -> list[str]:
 
     active: Counter[str] = Counter()
     silent: Counter[str] = Counter()
+    carriers: dict[str, set[int]] = {}  # which examples show each concept
     n_active = n_silent = 0
-    for activation, block in _EXAMPLE_RE.findall(prompt):
+    for i, (activation, block) in enumerate(_EXAMPLE_RE.findall(prompt)):
         names = {c for _, c in _candidates(block)}
         names |= {"Organism " + m.strip() for m in _ORGANISM_RE.findall(block)}
+        for name in names:
+            carriers.setdefault(name, set()).add(i)
         if int(activation) >= 5:
             n_active += 1
             active.update(names)
@@ -45,8 +48,8 @@ def ranked_concepts(prompt: str, n: int = 3) -> list[str]:
     ranked = sorted(score, key=lambda c: (-score[c], -len(c), c))
     out: list[str] = []
     for concept in ranked:
-        if any(concept in kept or kept in concept for kept in out):
-            continue  # "Zinc finger" beside "Zinc finger C2H2-type": one of them
+        if any(concept in kept or kept in concept or carriers[concept] == carriers[kept] for kept in out):
+            continue  # "Zinc finger" beside "Zinc finger C2H2-type", or shown by the same examples: one
         out.append(concept)
         if len(out) == n:
             break
