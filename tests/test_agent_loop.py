@@ -106,3 +106,28 @@ def test_a_provider_error_mid_run_keeps_the_one_shot_label(keys, feature, tmp_pa
     trace = json.loads(label.trace)
     assert trace["stopped"] == "error" and "failed" in trace["reason"]
     assert trace["committed"]["source"] == "oneshot" and label.oneshot_pearson == pytest.approx(label.pearson)
+
+
+def test_with_batch_the_agent_runs_in_line_between_batches(keys, feature, tmp_path):
+    from agent.labeling.batch import BatchSettings
+    from agent.labeling.runner import run_job
+    from agent.labeling.writer import JobSettings
+    from storage.workspace import Workspace
+    from tests.planted import register_sae
+
+    ws = Workspace(tmp_path / "ws")
+    ws.init()
+    db = ws.db()
+    register_sae(db, "agent", [feature])
+    with FakeLLM() as fake:
+        fake.batch_end_after = 0
+        summary = asyncio.run(run_job(db, sae_id="agent", features=[feature.feature],
+                                      labeler=llm_labeler("anthropic", fake),
+                                      load_examples=lambda _: feature, settings=JobSettings(),
+                                      batch=BatchSettings(wait=True, poll_interval_s=0.01)))
+        in_batches = {r.stage for r in fake.requests if r.path == "/v1/messages/batches"}
+        in_line = {r.stage for r in fake.requests if r.path == "/v1/messages"}
+    assert summary.n_labeled == 1
+    assert in_batches == {"explanation", "simulation"} and "agent" in in_line
+    label = get_label(db, "agent", feature.feature)
+    assert json.loads(label.trace)["agent"] == "llm" and label.oneshot_pearson is not None
