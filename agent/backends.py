@@ -15,8 +15,10 @@ from typing import Any
 
 import prompts
 from agent import pricing
+from agent.agentic.tools import Limits
 from agent.baseline import MODEL_NAME as BASELINE_MODEL
 from agent.baseline import explain_baseline, simulate_baseline
+from agent.labeling.agent_stage import AgentStage
 from agent.labeling.protocol import (
     CallStage,
     ExplainStage,
@@ -82,11 +84,15 @@ class BaselineExplain(CallStage):
 
 
 class BaselineSimulate(CallStage):
+    """The baseline simulator; a label the baseline agent committed as a rule is simulated by its rule."""
+
     name = "simulate"
 
     async def run(self, work: FeatureWork, llm: LLMBackend | None) -> Usage:
+        from agent.labeling.agent_stage import rule_simulation
+
         assert work.explanation is not None
-        work.simulation = simulate_baseline(work.explanation, work.examples)
+        work.simulation = rule_simulation(work) or simulate_baseline(work.explanation, work.examples)
         return Usage()
 
 
@@ -100,8 +106,12 @@ class BackendSpec:
     fallback: bool = False  # the default when no backend's key is set
 
 
-def llm_stages(residue_pass: bool) -> list[Stage]:
-    stages: list[Stage] = [ExplainStage(), SimulateStage()]
+def llm_stages(residue_pass: bool, agent: Limits | None = None) -> list[Stage]:
+    """explain, [agent], simulate, [residues]: `agent` (its limits) puts the agent between the two."""
+    stages: list[Stage] = [ExplainStage()]
+    if agent is not None:
+        stages.append(AgentStage(agent))
+    stages.append(SimulateStage())
     if residue_pass:
         stages.append(ResidueStage())
     return stages
@@ -115,15 +125,18 @@ def _llm_builder(provider: str) -> Callable[..., Labeler]:
         timeout_s: float = 120.0,
         retry: RetryPolicy | None = None,
         residue_pass: bool = False,
+        agent: Limits | None = None,
     ) -> Labeler:
         llm = make_llm(provider, model=model, base_url=base_url, timeout_s=timeout_s, retry=retry)
-        return Labeler(provider, llm.model, llm_stages(residue_pass), llm, batch=provider in BATCH_APIS)
+        stages = llm_stages(residue_pass, agent)
+        return Labeler(provider, llm.model, stages, llm, batch=provider in BATCH_APIS)
 
     return build
 
 
 def _baseline_builder(
-    *, model: str | None = None, base_url: str | None = None, residue_pass: bool = False, **_: Any
+    *, model: str | None = None, base_url: str | None = None, residue_pass: bool = False,
+    agent: Limits | None = None, **_: Any
 ) -> Labeler:
     if model not in (None, BASELINE_MODEL):
         raise InputError("the baseline backend has no model to choose; drop --model.")
@@ -131,12 +144,16 @@ def _baseline_builder(
         raise InputError("the baseline backend calls no server; drop --base-url.")
     if residue_pass:
         raise InputError("the baseline backend has no per-residue simulator; drop --residue-pass.")
-    return BaselineLabeler()
+    return BaselineLabeler(agent)
 
 
-def BaselineLabeler() -> Labeler:  # noqa: N802 - reads like the class it used to be
-    """Concept enrichment, no LLM: see agent/baseline.py."""
-    return Labeler("baseline", BASELINE_MODEL, [BaselineExplain(), BaselineSimulate()])
+def BaselineLabeler(agent: Limits | None = None) -> Labeler:  # noqa: N802 - reads like the class it used to be
+    """Concept enrichment, no LLM: see agent/baseline.py; `agent`: with the offline agent between."""
+    stages: list[Stage] = [BaselineExplain()]
+    if agent is not None:
+        stages.append(AgentStage(agent, baseline=True))
+    stages.append(BaselineSimulate())
+    return Labeler("baseline", BASELINE_MODEL, stages)
 
 
 # Order matters: the first backend whose key is set is the default.

@@ -9,6 +9,7 @@ an object keyed by accession, and a missing or extra accession is a schema failu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -93,6 +94,22 @@ def build_simulate_request(explanation: Explanation, heldout: Sequence[Protein])
         schema_name="simulation",
         max_tokens=64 + 16 * len(accessions),
     )
+
+
+def build_trial_request(explanation: Explanation, proteins: Sequence[Protein]) -> LLMRequest[BaseModel]:
+    """The simulate request with the proteins moved into the system block, for the agent's repeated trials
+    on the same (validation) proteins: instructions and proteins are then one cached prefix, and each
+    trial after the first pays for little more than its explanation. Same prompt, same information."""
+    request = build_simulate_request(explanation, proteins)
+    prompt = prompts.load(PROMPT_NAME)
+    ordered = heldout_order(proteins)
+    accessions = [p.accession for p in ordered]
+    system = (prompt.render("system") + "\n\nThe proteins of every explanation you will be asked about:\n\n"
+              + "\n\n".join(format_protein(p) for p in ordered))
+    user = prompt.render("user", **explanation_fields(explanation), n_proteins=len(ordered),
+                         proteins="(the proteins listed in the instructions)",
+                         accessions=", ".join(accessions))
+    return replace(request, system=system, messages=(Message("user", user),))
 
 
 async def simulate(

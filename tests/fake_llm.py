@@ -19,6 +19,12 @@ answers), "malformed_body" (HTTP 200 with truncated JSON), "bad_answer" (a well-
 answer violates the schema), "401", "401_echo" (a proxy's 401 whose body repeats the key it was sent).
 `latency` delays every answer.
 
+Tool use (the agent, `plmlabel label --agent`): a request whose tools include `commit_label` is a
+turn of an agent conversation, answered by the scripted model of tests/fake_agent.py (Anthropic
+`tool_use` blocks; OpenAI `tool_calls`), recorded with stage "agent"; `agent_script` makes it
+misbehave. Prompt caching is accounted as the APIs do: Anthropic reads what `cache_control` marks
+(tools, system, the marked user block) from cache after the first time; OpenAI the stable prefix.
+
 Routes live in a table (`route(method, path_regex)`). Every request is recorded in `requests` (api,
 path, stage, feature, action).
 
@@ -149,15 +155,26 @@ def derive_explanation(prompt: str) -> dict[str, Any]:
     }
 
 
+def _needle(concept: str) -> str:
+    return concept.strip().removeprefix("Keyword ").removeprefix("Organism ").lower()
+
+
 def derive_simulation(prompt: str) -> dict[str, float]:
-    """High for held-out proteins whose metadata mentions an explanation concept, low otherwise."""
+    """High for held-out proteins whose metadata mentions an explanation concept, low otherwise.
+
+    A concept "A AND B" needs both in the same protein; "A OR B" either."""
     match = _CONCEPTS_RE.search(prompt)
     concepts = [c.strip() for c in match.group(1).split(";")] if match else []
-    needles = [c.removeprefix("Keyword ").lower() for c in concepts if c.strip()]
+    needles: list[list[str]] = []  # any group, all of its needles
+    for concept in (c for c in concepts if c.strip()):
+        if " AND " in concept:
+            needles.append([_needle(part) for part in concept.split(" AND ")])
+        else:
+            needles += [[_needle(part)] for part in concept.split(" OR ")]
     answer = {}
     for accession, block in _PROTEIN_RE.findall(prompt):
         text = block.lower()
-        answer[accession] = 9.0 if any(n in text for n in needles) else 0.0
+        answer[accession] = 9.0 if any(all(n in text for n in group) for group in needles) else 0.0
     return answer
 
 
@@ -284,6 +301,7 @@ class FakeLLM:
         self.batch_end_after = 1
         self.hold_batches = False
         self.batch_script: list[str] = []
+        self.agent_script: list[str] = []  # the scripted agent's behaviour per turn (tests/fake_agent.py)
         self.route("POST", "/v1/messages/batches", _anthropic_batch_create)
         self.route("GET", "/v1/messages/batches/(?P<id>[^/]+)", _anthropic_batch_get)
         self.route("GET", "/v1/messages/batches/(?P<id>[^/]+)/results", _anthropic_batch_results)
@@ -470,12 +488,62 @@ def _anthropic_messages(fake: FakeLLM, body: dict, headers: dict[str, str], _: r
     return _anthropic_answer(fake, body, _anthropic_key(headers), "/v1/messages")
 
 
+def _is_agent(body: dict) -> bool:
+    """A tool conversation of the agent (its tools include commit_label), in either API."""
+    names = {t.get("name") or (t.get("function") or {}).get("name") for t in body.get("tools") or []}
+    return "commit_label" in names
+
+
+def _agent_answer(fake: FakeLLM, body: dict, key: str | None, path: str, api: str) -> Reply:
+    """One turn of the scripted agent (tests/fake_agent.py), with prompt-cache accounting."""
+    from tests import fake_agent
+
+    messages = body.get("messages", [])
+    first, _, _ = fake_agent.transcript(messages, api)
+    feature = _FEATURE_RE.search(first)
+    action = fake.next_action()
+    fake.record(Recorded(api, path, "agent", int(feature.group(1)) if feature else None, action,
+                         len(messages), key, body))
+    if not key and api == "anthropic":
+        return _error(401, "no API key (x-api-key or authorization)")
+    if (reply := _fault(fake, action, api, key)) is not None:
+        return reply
+    with fake._lock:
+        behaviour = fake.agent_script.pop(0) if fake.agent_script else "normal"
+    tools_text = json.dumps(body.get("tools"))
+    if api == "anthropic":
+        system = "".join(b.get("text", "") for b in body.get("system") or [])
+        blocks = [b for m in messages if m.get("role") == "user" and isinstance(m.get("content"), list)
+                  for b in m["content"]]
+        marked = [b for b in blocks if b.get("cache_control") == {"type": "ephemeral"}]
+        prefix = tools_text + system + "".join(b.get("text", "") for b in marked)
+        cached = len(prefix) // 4
+        hit = fake.cache_hit(prefix)
+        sent = sum(len(json.dumps(m.get("content"))) for m in messages)
+        total = (len(tools_text) + len(system) + sent) // 4
+        usage = {"input_tokens": max(1, total - cached), "output_tokens": 60,
+                 "cache_creation_input_tokens": 0 if hit else cached,
+                 "cache_read_input_tokens": cached if hit else 0}
+        return Reply(200, json.dumps(fake_agent.anthropic_message(body, behaviour, usage)).encode())
+    system = "".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    prefix = tools_text + system + first
+    hit = fake.cache_hit(prefix)
+    prompt_tokens = (len(tools_text) + sum(len(str(m.get("content", ""))) for m in messages)) // 4
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 60, "total_tokens": prompt_tokens + 60,
+             "prompt_tokens_details": {"cached_tokens": len(prefix) // 4 if hit else 0}}
+    return Reply(200, json.dumps(fake_agent.openai_completion(body, behaviour, usage)).encode())
+
+
 def _anthropic_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> Reply:
     """Structured output by forced tool use (`tools` + `tool_choice`) or by `output_config.format`.
 
     Also answers each line of a batch (`path` says which, in `requests`)."""
+    if _is_agent(body):
+        return _agent_answer(fake, body, key, path, "anthropic")
     tools = body.get("tools") or []
     prompt = _first_user_text(body.get("messages", []))
+    if "<protein accession=" not in prompt:  # the agent's trials list their proteins in the system block
+        prompt += "\n" + "".join(b.get("text", "") for b in body.get("system") or [] if isinstance(b, dict))
     output_format = (body.get("output_config") or {}).get("format")
     stage = tools[0]["name"] if tools else _stage_from_prompt(prompt)
     feature = _FEATURE_RE.search(prompt)
@@ -536,11 +604,15 @@ def _openai_chat(fake: FakeLLM, body: dict, headers: dict[str, str], _: re.Match
 
 def _openai_answer(fake: FakeLLM, body: dict, key: str | None, path: str) -> Reply:
     """A chat completion; also answers each line of a batch (`path` says which, in `requests`)."""
+    if _is_agent(body):
+        return _agent_answer(fake, body, key, path, "openai")
     response_format = body.get("response_format") or {}
     schema = response_format.get("json_schema") or {}
     stage = schema.get("name")
     messages = body.get("messages", [])
     prompt = _first_user_text(messages)
+    if stage == "simulation" and "<protein accession=" not in prompt:  # the agent's trials: in the system
+        prompt += "\n" + "".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
     feature = _FEATURE_RE.search(prompt)
     action = fake.next_action()
     fake.record(Recorded("openai", path, stage, int(feature.group(1)) if feature else None,

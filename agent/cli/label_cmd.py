@@ -138,14 +138,25 @@ Exit codes (for schedulers):
 @click.option("--residue-pass", is_flag=True,
               help="Also predict per-residue activations on sequence windows of a few held-out proteins "
                    "(residue_pearson; one more request per feature, in the estimate and the budget).")
+@click.option("--agent", "agent", is_flag=True,
+              help="After the first explanation, an agent tests hypotheses on the validation half with tools "
+                   "over the index and commits the best (its trace is stored). With --batch the agent's own "
+                   "requests are sent at once, at full price; explain and the final scoring go in batches.")
+@click.option("--max-tool-calls", type=click.IntRange(min=1), metavar="N",
+              help="With --agent: tool calls per feature (default: [agent] max_tool_calls).")
+@click.option("--max-simulations", type=click.IntRange(min=1), metavar="N",
+              help="With --agent: validation trials per feature (default: [agent] max_simulations).")
+@click.option("--max-turns", type=click.IntRange(min=1), metavar="N",
+              help="With --agent: model turns per feature (default: [agent] max_turns).")
 @click.option("--dry-run", is_flag=True, help="Print the prompts and the estimated cost; send nothing.")
 @workspace_option
 @json_option
 def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool, top: int | None,
                   relabel: bool, nightly: bool, relabel_stale: bool, batch: bool, wait: bool,
                   poll_interval: float | None, backend: str | None, model: str | None, base_url: str | None,
-                  concurrency: int | None, budget_usd: float | None, residue_pass: bool, dry_run: bool,
-                  workspace: str | None, as_json: bool) -> None:
+                  concurrency: int | None, budget_usd: float | None, residue_pass: bool, agent: bool,
+                  max_tool_calls: int | None, max_simulations: int | None, max_turns: int | None,
+                  dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Label features of SAE_ID: explain -> simulate on held-out proteins -> score -> store.
 
     Each label is stored as soon as it is done; rerunning skips features already labeled, so an
@@ -172,7 +183,8 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
     options = LabelOptions(sae_id=sae_id, selection=selection, nightly=nightly, relabel_stale=relabel_stale,
                            backend=backend, model=model, base_url=base_url, concurrency=concurrency,
                            budget_usd=budget_usd, residue_pass=residue_pass, batch=batch_settings,
-                           dry_run=dry_run)
+                           dry_run=dry_run, agent=agent, max_tool_calls=max_tool_calls,
+                           max_simulations=max_simulations, max_turns=max_turns)
     started: list[JobStart] = []
     with _progress(show_bar=batch_settings is None) as (on_start, on_progress), sigterm_interrupts():
         try:

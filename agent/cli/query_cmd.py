@@ -14,6 +14,7 @@ from rich.text import Text
 from agent.cli._common import FiniteFloat, console, json_option, open_workspace, print_json, workspace_option
 from agent.cli.index_render import colourless
 from agent.cli.safe_text import clean, data_text
+from agent.cli.trace_render import render_trace
 from storage.csv_safe import write_table
 from storage.errors import InputError, PlmlabelError
 from storage.labels import StoredLabel
@@ -308,6 +309,7 @@ def show(sae_id: str, feature: int, workspace: str | None, as_json: bool) -> Non
         print_json(data)
         return
     _render_record(record)
+    render_trace(console, record.trace, record.oneshot_pearson, record.pearson)
     _render_plot(record)
     _render_examples(examples, why_not)
     _render_suggestions(suggestions)

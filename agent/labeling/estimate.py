@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent import pricing
+from agent.agentic.tools import Limits
 from agent.backends import BACKENDS, Labeler, llm_stages
+from agent.labeling.agent_stage import AgentEstimate
 from agent.labeling.protocol import RequestStage, Stage, placeholder_work
 from agent.llm import LLMRequest
 from sae.index import FeatureExamples
@@ -39,6 +41,14 @@ def feature_requests(
     return out
 
 
+def agent_requests(stages: Sequence[Stage], examples: FeatureExamples) -> list[AgentEstimate]:
+    """The agent stage's requests at its limits (an upper bound), for one feature."""
+    from agent.labeling.agent_stage import AgentStage, estimate_agent
+
+    return [row for stage in stages if isinstance(stage, AgentStage) and not stage.baseline
+            for row in estimate_agent(stage.limits, examples)]
+
+
 def stages_cost(
     stages: Sequence[Stage], model: str, examples: FeatureExamples, *, batch: bool = False
 ) -> float | None:
@@ -48,6 +58,12 @@ def stages_cost(
         cost = pricing.cost_usd(
             model, input_tokens=pricing.estimate_tokens(request.text), output_tokens=out_tokens, batch=batch
         )
+        if cost is None:
+            return None
+        total += cost
+    for row in agent_requests(stages, examples):
+        cost = pricing.cost_usd(model, input_tokens=row.input_tokens, output_tokens=row.output_tokens,
+                                cache_read=row.cache_read, cache_write=row.cache_write)  # in-line: full price
         if cost is None:
             return None
         total += cost
@@ -92,6 +108,12 @@ _ESTIMATE_NOTE = (
 )
 
 
+_AGENT_NOTE = (
+    "; the agent is estimated at its limits (every turn, tool call and trial used, its shared prefix read "
+    "from the prompt cache after the first turn), an upper bound"
+)
+
+
 def dry_run(
     *,
     sae_id: str,
@@ -102,11 +124,14 @@ def dry_run(
     n_skipped: int = 0,
     backend_reason: str | None = None,
     residue_pass: bool = False,
+    agent: Limits | None = None,
 ) -> DryRun:
-    """The prompts each feature would send and their estimated cost. Needs no key, sends nothing."""
+    """The prompts each feature would send and their estimated cost. Needs no key, sends nothing.
+
+    With `agent`, the agent's requests are estimated at its limits (every turn and trial used)."""
     rows: list[DryRunFeature] = []
     sends_prompts = BACKENDS[backend].sends_prompts
-    stages = llm_stages(residue_pass) if sends_prompts else []
+    stages = llm_stages(residue_pass, agent) if sends_prompts else []
     for feature in features:
         examples = load_examples(feature)
         requests = []
@@ -121,6 +146,10 @@ def dry_run(
                         output_tokens=out_tokens,
                     )
                 )
+            for row in agent_requests(stages, examples):
+                tokens = row.input_tokens + row.cache_read + row.cache_write
+                requests.append(DryRunRequest(stage=row.stage, system=row.system, user=row.user,
+                                              input_tokens=tokens, output_tokens=row.output_tokens))
         cost = stages_cost(stages, model, examples) if sends_prompts else 0.0
         rows.append(DryRunFeature(feature=feature, requests=requests, cost_usd=cost))
     costs = [r.cost_usd for r in rows]
@@ -134,5 +163,6 @@ def dry_run(
         input_tokens=sum(q.input_tokens for r in rows for q in r.requests),
         output_tokens=sum(q.output_tokens for r in rows for q in r.requests),
         cost_usd=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
-        note=_ESTIMATE_NOTE if sends_prompts else "the baseline sends no prompts",
+        note=(_ESTIMATE_NOTE + (_AGENT_NOTE if agent else "")) if sends_prompts
+        else "the baseline sends no prompts",
     )

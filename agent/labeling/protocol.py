@@ -325,6 +325,9 @@ def finish(
         simulation.predicted, examples.heldout_normalized, threshold=threshold, min_heldout=min_heldout
     )
     residues = work.residues
+    test_pearson = work.test_pearson
+    if test_pearson is None and work.pending.get("agent_oneshot_final"):  # the agent kept the one-shot label
+        test_pearson = result.pearson
     return Outcome(
         feature=work.feature,
         explanation=work.explanation,
@@ -333,7 +336,7 @@ def finish(
         residue_pearson=residues.pearson if residues else None,
         n_residues=residues.n if residues else None,
         trace=work.trace,
-        test_pearson=work.test_pearson,
+        test_pearson=test_pearson,
         usage=work.usage,
         cost_usd=work.cost,
         prompt_versions=prompt_versions,

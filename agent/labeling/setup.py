@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agent.agentic.tools import Limits
 from agent.backends import BACKENDS, Labeler, default_backend, make_labeler
 from agent.labeling.batch import BatchSettings
 from agent.labeling.estimate import DryRun, dry_run
@@ -52,6 +53,10 @@ class LabelOptions(BaseModel):
     residue_pass: bool = False
     batch: BatchSettings | None = None  # None: synchronous calls
     dry_run: bool = False
+    agent: bool = False  # the agent stage between explain and simulate (agent/labeling/agent_stage.py)
+    max_tool_calls: int | None = Field(None, ge=1)  # None: [agent] in plmlabel.toml
+    max_simulations: int | None = Field(None, ge=1)
+    max_turns: int | None = Field(None, ge=1)
 
 
 def redact_url(url: str | None) -> str | None:
@@ -76,6 +81,7 @@ class ResolvedJob:
     settings: JobSettings
     retry: RetryPolicy
     timeout_s: float
+    agent: Limits | None = None  # the agent's limits; None: no agent stage
 
     def labeler(self) -> Labeler:
         return make_labeler(
@@ -85,6 +91,7 @@ class ResolvedJob:
             timeout_s=self.timeout_s,
             retry=self.retry,
             residue_pass=self.settings.residue_pass,
+            agent=self.agent,
         )
 
     def run_args(self, labeler: Labeler, **extra: Any) -> dict[str, Any]:
@@ -99,6 +106,7 @@ class ResolvedJob:
             "threshold": self.settings.threshold,
             "min_heldout": self.settings.min_heldout,
             "residue_pass": self.settings.residue_pass,
+            "agent": self.agent.model_dump() if self.agent else None,
         }
 
 
@@ -112,9 +120,16 @@ def resolve_job(
     budget_usd: float | None = None,
     retry: RetryPolicy | None = None,
     residue_pass: bool = False,
+    agent: dict[str, int | None] | None = None,
 ) -> ResolvedJob:
-    """Resolve a job's backend, model and settings. InputError for an unknown backend."""
-    config = workspace.load_config().label
+    """Resolve a job's backend, model and settings. InputError for an unknown backend.
+
+    `agent`: run the agent, with these limits where given (else `[agent]` of plmlabel.toml)."""
+    loaded = workspace.load_config()
+    config = loaded.label
+    limits = None
+    if agent is not None:
+        limits = Limits(**{**loaded.agent.model_dump(), **{k: v for k, v in agent.items() if v is not None}})
     backend_name, reason = backend or config.backend, None
     if backend_name is None:
         backend_name, reason = default_backend()
@@ -136,7 +151,38 @@ def resolve_job(
         settings=settings,
         retry=retry or RetryPolicy(max_attempts=config.max_retries + 1, initial_wait=config.retry_wait_s),
         timeout_s=config.timeout_s,
+        agent=limits,
     )
+
+
+def agent_limits(options: LabelOptions) -> dict[str, int | None] | None:
+    if not options.agent:
+        limits = {"--max-tool-calls": options.max_tool_calls, "--max-simulations": options.max_simulations,
+                  "--max-turns": options.max_turns}
+        given = [flag for flag, value in limits.items() if value is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} go with --agent.")
+        return None
+    return {"max_tool_calls": options.max_tool_calls, "max_simulations": options.max_simulations,
+            "max_turns": options.max_turns}
+
+
+def attach_corpus(workspace: Workspace, db: Any, sae_id: str, labeler: Labeler) -> None:
+    """Give the agent stage the index and the database to search (nothing to do without an agent)."""
+    from agent.agentic.view import IndexCorpus
+    from agent.labeling.agent_stage import AgentStage
+    from sae.index import open_index
+    from storage.errors import PlmlabelError
+
+    stages = [s for s in labeler.stages if isinstance(s, AgentStage)]
+    if not stages:
+        return
+    try:
+        corpus = IndexCorpus(open_index(workspace, sae_id), db)
+    except PlmlabelError:  # examples from elsewhere (tests, benches): the agent searches what it was given
+        return
+    for stage in stages:
+        stage.corpus = corpus
 
 
 @contextmanager
@@ -199,6 +245,7 @@ def label(
         budget_usd=options.budget_usd,
         retry=retry,
         residue_pass=options.residue_pass,
+        agent=agent_limits(options),
     )
     if options.batch is not None and not BACKENDS[job.backend].sends_prompts:
         raise InputError(f"--batch needs an LLM backend; the {job.backend} backend calls no provider.")
@@ -218,6 +265,7 @@ def label(
                 n_skipped=len(plan.skipped),
                 backend_reason=job.backend_reason,
                 residue_pass=options.residue_pass,
+                agent=job.agent,
             )
     labeler = job.labeler()  # a missing key fails here, before the lock is taken or anything is written
     try:
@@ -287,6 +335,8 @@ def _run(
         loader = load_examples or index_examples(workspace, db, sae_id)
         if features:
             loader(features[0])  # no usable index: one clear error now, before a run is recorded
+        if load_examples is None:
+            attach_corpus(workspace, db, sae_id, labeler)
         summary = asyncio.run(
             run_job(
                 db,

@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, status_kind, strict_schema
+from agent.llm.chat import ChatReply, ChatRequest, ToolCall
 from agent.llm.prices import Price, anthropic_price
 from storage.errors import ConfigError
 
@@ -125,6 +126,47 @@ class AnthropicBackend(ProviderBackend):
             cache_write=u.cache_creation_input_tokens or 0,
         )
         return RawReply(text=text, usage=usage, model=message.model or self.model)
+
+    # --- tool use (agent/llm/chat.py) ---------------------------------------------------------------
+    def build_chat_params(self, request: ChatRequest) -> dict[str, Any]:
+        """Tools, then the system block, then the first user message's shared prefix are cached."""
+        messages: list[dict[str, Any]] = []
+        for turn in request.turns:
+            content: list[dict[str, Any]] = []
+            if turn.role == "assistant":
+                if turn.text:
+                    content.append({"type": "text", "text": turn.text})
+                for call in turn.tool_calls:
+                    arguments = call.arguments
+                    if not isinstance(arguments, dict):  # not a JSON object: echoed back as it came
+                        arguments = {"_raw": arguments}
+                    content.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
+            else:
+                for output in turn.tool_outputs:  # tool results come first in a user message
+                    content.append({"type": "tool_result", "tool_use_id": output.call_id,
+                                    "content": output.content, "is_error": output.is_error})
+                if turn.cached_prefix:
+                    content.append({"type": "text", "text": turn.cached_prefix,
+                                    "cache_control": {"type": "ephemeral"}})
+                if turn.text:
+                    content.append({"type": "text", "text": turn.text})
+            messages.append({"role": turn.role, "content": content or [{"type": "text", "text": "(empty)"}]})
+        return {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "system": [{"type": "text", "text": request.system, "cache_control": {"type": "ephemeral"}}],
+            "tools": [{"name": t.name, "description": t.description, "input_schema": t.schema}
+                      for t in request.tools],
+            "messages": messages,
+        }
+
+    async def call_chat(self, params: dict[str, Any]) -> ChatReply:
+        message = await self._client.messages.create(**params)
+        calls = tuple(ToolCall(b.id, b.name, b.input if isinstance(b.input, dict) else str(b.input))
+                      for b in message.content if b.type == "tool_use")
+        text = "".join(b.text for b in message.content if b.type == "text")
+        return ChatReply(text=text, tool_calls=calls, usage=self.to_reply(message, params).usage,
+                         model=message.model or self.model)
 
     def classify(self, exc: BaseException) -> ErrorKind | None:
         import anthropic

@@ -275,6 +275,19 @@ class ProviderBackend(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP client."""
 
+    def build_chat_params(self, request: Any) -> dict[str, Any]:
+        """The SDK call's arguments for one turn of a tool conversation (agent/llm/chat.py)."""
+        raise NotImplementedError(f"{self.name} has no tool use")
+
+    async def call_chat(self, params: dict[str, Any]) -> Any:
+        """One HTTP call of a tool conversation, no retries -> ChatReply."""
+        raise NotImplementedError(f"{self.name} has no tool use")
+
+    async def converse(self, request: Any) -> Any:
+        """One turn of a tool conversation (ChatRequest -> ChatReply), with retries."""
+        params = self.build_chat_params(request)
+        return await self.retrying(lambda: self.call_chat(params), what="agent turn")
+
     # --- shared behaviour --------------------------------------------------------------------------
     def redact(self, text: str) -> str:
         """`text` without the configured key (a proxy or server may echo it back in an error body)."""

@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.llm.base import ErrorKind, LLMRequest, ProviderBackend, RawReply, Usage, status_kind, strict_schema
+from agent.llm.chat import ChatReply, ChatRequest, ToolCall
 from agent.llm.prices import Price, openai_price
 from storage.errors import ConfigError
 
@@ -111,6 +112,58 @@ class OpenAIBackend(ProviderBackend):
             cache_read=cached,
         )
         return RawReply(text=text, usage=usage, model=completion.model or self.model)
+
+    # --- tool use (agent/llm/chat.py) ---------------------------------------------------------------
+    def build_chat_params(self, request: ChatRequest) -> dict[str, Any]:
+        """Function tools; the system message and the first user message's shared prefix lead every
+        request byte for byte, so OpenAI's automatic prefix caching serves them from cache."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": request.system}]
+        for turn in request.turns:
+            if turn.role == "assistant":
+                message: dict[str, Any] = {"role": "assistant", "content": turn.text or None}
+                if turn.tool_calls:
+                    message["tool_calls"] = [
+                        {"id": c.id, "type": "function",
+                         "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str)
+                                      else json.dumps(c.arguments)}}
+                        for c in turn.tool_calls]
+                messages.append(message)
+                continue
+            messages += [{"role": "tool", "tool_call_id": o.call_id, "content": o.content}
+                         for o in turn.tool_outputs]
+            text = "\n\n".join(part for part in (turn.cached_prefix, turn.text) if part)
+            if text:
+                messages.append({"role": "user", "content": text})
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "tools": [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                        "parameters": t.schema}} for t in request.tools],
+        }
+        reasoning = self.model.startswith(_REASONING_PREFIXES)
+        cap = request.max_tokens + (REASONING_ALLOWANCE if reasoning else 0)
+        params["max_tokens" if self.base_url else "max_completion_tokens"] = cap
+        if not reasoning:
+            params["temperature"] = 0.0
+        return params
+
+    async def call_chat(self, params: dict[str, Any]) -> ChatReply:
+        completion = await self._client.chat.completions.create(**params)
+        if not completion.choices:
+            raise ValueError("the response has no choices")
+        message = completion.choices[0].message
+        calls = []
+        for call in message.tool_calls or ():
+            raw = call.function.arguments or ""
+            try:
+                arguments: dict[str, Any] | str = json.loads(raw) if raw.strip() else {}
+            except json.JSONDecodeError:
+                arguments = raw
+            if not isinstance(arguments, dict | str):
+                arguments = raw
+            calls.append(ToolCall(call.id, call.function.name, arguments))
+        return ChatReply(text=message.content or "", tool_calls=tuple(calls),
+                         usage=self.to_reply(completion).usage, model=completion.model or self.model)
 
     def classify(self, exc: BaseException) -> ErrorKind | None:
         import openai
