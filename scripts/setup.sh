@@ -13,5 +13,6 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
-# the ray extra too, so CI runs the Ray test (about 25 s; it leaves the CPU torch alone)
-.venv/bin/python -m pip install --quiet -e ".[dev,ray]"
+# the ray extra too, so CI runs the Ray test (about 25 s; it leaves the CPU torch alone); serve and browser
+# for `plmlabel serve` and its Playwright tests (Playwright drives /usr/bin/chromium: no `playwright install`)
+.venv/bin/python -m pip install --quiet -e ".[dev,ray,serve,browser]"
