@@ -9,7 +9,16 @@ labeling job and `plmlabel suggest` write them.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import socket
+import tempfile
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +110,40 @@ def build_live_workspace(root: Path, swissprot_dir: Path, *, n_proteins: int = 2
                        evidence=Evidence(f1=0.6, label=PAYLOAD, label_score=0.55), rank_score=0.3),
         ])
     return ws
+
+
+@cache
+def shared_live_workspace(swissprot_dir: Path) -> Workspace:
+    """One live workspace per test session (building it takes seconds); tests that write copy it."""
+    folder = Path(tempfile.mkdtemp(prefix="plmlabel-serve-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return build_live_workspace(folder / "ws", swissprot_dir)
+
+
+def copy_workspace(workspace: Workspace, target: Path) -> Workspace:
+    shutil.copytree(workspace.root, target)
+    return Workspace(target)
+
+
+@contextmanager
+def running_server(app) -> Iterator[str]:
+    """uvicorn serving `app` on a free loopback port in a thread; yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
