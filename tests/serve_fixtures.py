@@ -64,10 +64,10 @@ def sample_sequences(swissprot_dir: Path, n: int = 24, max_length: int = 300):
     return found
 
 
-def sparse_sae(plm, layer: int, sequences: list[str], model_key: str, seed: int = 0):
+def sparse_sae(plm, layer: int, sequences: list[str], model_key: str, seed: int = 0, d_sae: int = D_SAE):
     """A ReLU SAE whose every feature fires on roughly the top tenth of these residues."""
     torch.manual_seed(seed)
-    sae = create_sae("relu", plm.embed_dim, D_SAE, plm_model=model_key, layer=layer)
+    sae = create_sae("relu", plm.embed_dim, d_sae, plm_model=model_key, layer=layer)
     embeddings = np.concatenate([e for _, e in embed_sequences(plm, [(str(i), s) for i, s in
                                                                      enumerate(sequences)], layer)])
     with torch.no_grad():
@@ -77,11 +77,13 @@ def sparse_sae(plm, layer: int, sequences: list[str], model_key: str, seed: int 
     return sae.eval()
 
 
-def build_live_workspace(root: Path, swissprot_dir: Path, *, n_proteins: int = 24) -> Workspace:
+def build_live_workspace(root: Path, swissprot_dir: Path, *, n_proteins: int = 24, d_sae: int = D_SAE,
+                         **shape: int) -> Workspace:
+    """The workspace; `shape` (num_layers, embed_dim, attention_heads) overrides the tiny ESM-2's."""
     from storage.proteins import import_proteins
 
     ws = Workspace(root)
-    checkpoint = tiny_checkpoint(root / "models")
+    checkpoint = tiny_checkpoint(root / "models", **shape)
     config = Config(plm=PlmConfig(model=str(checkpoint), layer=1, device="cpu"),
                     index=IndexConfig(n_top=4, per_bin=1, n_silent=2, n_heldout=4, n_validation=0))
     ws.init(config)
@@ -89,7 +91,7 @@ def build_live_workspace(root: Path, swissprot_dir: Path, *, n_proteins: int = 2
     with ws.db() as db:
         import_proteins(db, proteins, source_format="swissprot")
     plm = load_esm(str(checkpoint), device="cpu")
-    sae = sparse_sae(plm, 1, [p.sequence for p in proteins], str(checkpoint))
+    sae = sparse_sae(plm, 1, [p.sequence for p in proteins], str(checkpoint), d_sae=d_sae)
     install_and_record(ws, SAE_ID, sae, source="trained")
     build_index(ws, SAE_ID, device="cpu")
     accessions = [p.accession for p in proteins]

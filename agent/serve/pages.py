@@ -170,7 +170,7 @@ def feature_html(view: FeatureView) -> str:
     problem = (f"<p class=\"muted\" id=\"examples-problem\">{esc(view.examples_problem)}</p>"
                if view.examples_problem else "")
     if view.export is not None:
-        return feature_page(view.sae, view.export, index_url=sae_url(sae_id), nav=nav(sae_id),
+        return feature_page(view.sae, view.export, index_url=sae_url(sae_id), nav=nav(sae_id), css=SERVE_CSS,
                             extra=f"{problem}\n{_neighbour_links(view)}\n{suggestions}")
     stats = view.stats
     facts = ("No statistics yet (run `plmlabel index`)." if stats is None else

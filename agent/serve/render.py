@@ -27,14 +27,15 @@ def viewer_css() -> str:
     return export_html._asset("viewer.css")
 
 
-def feature_page(sae: ExportSae, feature: ExportFeature, *, index_url: str, nav: str, extra: str) -> str:
-    """The static viewer's page of `feature`, with serve's CSP, links, `nav` (top) and `extra` (bottom).
-
-    `nav` and `extra` are HTML that the caller built with `esc` on every value.
+def feature_page(sae: ExportSae, feature: ExportFeature, *, index_url: str, nav: str, extra: str,
+                 css: str = "") -> str:
+    """The static viewer's page of `feature`, with serve's CSP, links, `css`, `nav` (top) and `extra`
+    (bottom). `nav` and `extra` are HTML that the caller built with `esc` on every value.
     """
     page = export_html.render_feature(ExportBundle(sae=sae, features=[feature], has_examples=True), feature)
     page = _META_CSP.sub(f'<meta http-equiv="Content-Security-Policy" content="{SERVE_CSP}">', page, count=1)
     page = page.replace(_INDEX_LINK, f'<a href="{esc(index_url)}">← search</a>', 1)
+    page = page.replace("</style>", f"{css}</style>", 1)
     page = page.replace("<body>\n", f"<body>\n{nav}\n", 1)
     head, _, tail = page.rpartition("</body>")
     return f"{head}{extra}\n</body>{tail}"
