@@ -43,27 +43,27 @@ def analyze_url(sae_id: str, text: str, feature: int | None = None) -> str:
     return sae_url(sae_id, "analyze") + "?" + urlencode(query)
 
 
-def nav(sae_id: str | None, query: str = "") -> str:
+def nav(sae_id: str | None, query: str = "", *, search: bool = True) -> str:
     if sae_id is None:
         return '<nav class="serve"><a href="/">plmlabel serve</a></nav>'
     return (
         '<nav class="serve"><a href="/">plmlabel serve</a>'
         f'<a href="{esc(sae_url(sae_id))}">SAE <code>{esc(sae_id)}</code></a>'
-        f'<form method="get" action="{esc(sae_url(sae_id))}" role="search">'
-        f'<input type="search" name="q" value="{esc(query)}" aria-label="Search labels" '
-        'placeholder="Search labels"><button>Search</button></form>'
-        f'<a href="{esc(sae_url(sae_id, "analyze"))}">Paste a sequence</a></nav>'
+        + (f'<form method="get" action="{esc(sae_url(sae_id))}" role="search">'
+           f'<input type="search" name="q" value="{esc(query)}" aria-label="Search labels" '
+           'placeholder="Search labels"><button>Search</button></form>' if search else "")
+        + f'<a href="{esc(sae_url(sae_id, "analyze"))}">Paste a sequence</a></nav>'
     )
 
 
-def page(title: str, body: str, *, sae_id: str | None = None, query: str = "") -> str:
+def page(title: str, body: str, *, sae_id: str | None = None, search: bool = True) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{SERVE_CSP}\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         "<meta name=\"referrer\" content=\"no-referrer\">\n"
         f"<title>{esc(title)}</title>\n<style>\n{viewer_css()}{SERVE_CSS}</style>\n</head>\n<body>\n"
-        f"{nav(sae_id, query)}\n{body}\n</body>\n</html>\n"
+        f"{nav(sae_id, search=search)}\n{body}\n</body>\n</html>\n"
     )
 
 
@@ -117,7 +117,7 @@ def search_page(sae: ExportSae, hits: Sequence[LabelHit], *, query: str, validat
               f"<p class=\"meta\">{esc(sae.plm_model)}, layer {esc(sae.layer)}, {esc(sae.architecture)}, "
               f"{esc(sae.d_sae)} features.</p>")
     return page(f"plmlabel: {sae.sae_id}" + (f" ({query})" if query else ""),
-                f"{header}\n{form}\n{count}\n{table}", sae_id=sae.sae_id, query=query)
+                f"{header}\n{form}\n{count}\n{table}", sae_id=sae.sae_id, search=False)
 
 
 # --- suggestions --------------------------------------------------------------------------------------
