@@ -8,6 +8,7 @@ a tenth of a millisecond and keeps threads from sharing one.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,15 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         raise NotFoundError(f"{path} is missing; run `plmlabel init` and import proteins first.")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+    try:
+        conn.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+        # A WAL database in a folder nobody may write: SQLite cannot make its -shm file, and no job can
+        # write the database either, so it is read as the immutable file it is.
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30.0, check_same_thread=False)
     conn.execute("PRAGMA query_only = ON")
     conn.execute("PRAGMA busy_timeout = 30000")
     return conn
@@ -37,7 +47,7 @@ def check_schema(path: Path) -> None:
         version = db.schema_version
     if version != SCHEMA_VERSION:
         raise InputError(f"{path} has schema version {version}, this plmlabel reads {SCHEMA_VERSION}; run "
-                         "any plmlabel command that writes (such as `plmlabel check`) to migrate it first.")
+                         "`plmlabel query` once to migrate it (serve never writes).")
 
 
 @contextmanager
