@@ -155,6 +155,7 @@ def test_paste_by_accession_uses_the_workspace_protein(client, live):
         row = db.query("select accession, length from proteins order by accession limit 1")[0]
     page = client.get(f"/sae/{SAE_ID}/analyze", params={"text": row["accession"].lower()}).text
     assert f"on {row['accession']} ({row['length']} residues)" in page
+    assert f'id="protein-link" href="/sae/tiny/proteins/{row["accession"]}"' in page
 
 
 @pytest.mark.parametrize(("text", "status", "expected"), [

@@ -48,6 +48,15 @@ def test_a_damaged_database_is_one_line(cli, workspace, started):
     assert len(result.stderr.strip().splitlines()) == 1 and not started
 
 
+def test_an_unmigrated_database_is_one_line(cli, workspace, started):
+    with workspace.db() as db:
+        db.execute("update meta set value = '1' where key = 'schema_version'")
+        db.db.conn.commit()
+    result = cli("serve", "-w", workspace.root)
+    assert result.exit_code == 2 and "has schema version 1" in result.stderr
+    assert "run `plmlabel query` once to migrate it" in result.stderr and not started
+
+
 def test_bad_flags_are_refused(cli, workspace, started):
     result = cli("serve", "-w", workspace.root, "--port", "70000")
     assert result.exit_code == 2 and "70000" in result.stderr and not started

@@ -258,7 +258,8 @@ def _analyze(state: ServeState, sae_id: str, text: str, feature_text: str | None
     values = activations[:, chosen].tolist() if chosen is not None else None
     chosen_max = stats.max_activation if stats is not None and stats.max_activation > 0 else None
     return pages.result_page(sae_id, limits, text=text, name=paste.name, sequence=paste.sequence, fired=fired,
-                             n_fired=n_fired, chosen=chosen, chosen_values=values, chosen_max=chosen_max)
+                             n_fired=n_fired, chosen=chosen, chosen_values=values, chosen_max=chosen_max,
+                             accession=paste.accession)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:

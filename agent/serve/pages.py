@@ -207,7 +207,8 @@ _VALIDATED = ' <span class="badge ok">validated</span>'
 
 def result_page(sae_id: str, limits: Limits, *, text: str, name: str, sequence: str,
                 fired: Sequence[FiredFeature], n_fired: int, chosen: int | None,
-                chosen_values: list[float] | None, chosen_max: float | None) -> str:
+                chosen_values: list[float] | None, chosen_max: float | None,
+                accession: str | None = None) -> str:
     rows = "".join(
         f'<tr class="fired" data-feature="{f.feature}">'
         f'<td class="num"><a href="{esc(feature_url(sae_id, f.feature))}">{f.feature}</a></td>'
@@ -234,7 +235,10 @@ def result_page(sae_id: str, limits: Limits, *, text: str, name: str, sequence: 
             "where known). Hover a residue for its value.</p>"
             f"<div class=\"seq\" id=\"chosen-seq\">{shaded_sequence(sequence, chosen_values, scale)}</div>"
         )
-    body = (f"<h1>Features on {esc(name)}</h1>\n{table}\n{detail}\n<h2>Another sequence</h2>\n"
+    protein = (f'<p>The workspace protein {esc(accession)}: <a id="protein-link" '
+               f'href="{esc(protein_url(sae_id, accession))}">its page and suggested annotations</a>.</p>'
+               if accession else "")
+    body = (f"<h1>Features on {esc(name)}</h1>\n{protein}\n{table}\n{detail}\n<h2>Another sequence</h2>\n"
             f"{analyze_form(sae_id, limits, text=text)}")
     return page(f"Features on {name} ({sae_id})", body, sae_id=sae_id)
 
