@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from agent.serve.app import create_app
 from agent.serve.limits import Limits, PasteError, check_paste, parse_form
+from agent.serve.render import SERVE_CSP, VIEWER_PAGE
 from tests.serve_fixtures import LABELS, PAYLOAD_FEATURE, SAE_ID, shared_live_workspace
 
 SEQUENCE = ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEG"
@@ -81,12 +82,14 @@ def test_search_text_is_literal(client):
 def test_feature_page_shows_the_viewer_page_with_examples_and_suggestions(client):
     page = client.get(f"/sae/{SAE_ID}/features/1").text
     assert "Zinc finger cysteine" in page and "Fires on cysteines" in page
-    assert page.count('class="example"') >= 3  # from the activation index
+    assert len(re.findall(r'<div class="example[ "]', page)) >= 3  # from the activation index
     assert "<circle " in page  # the scatter
-    assert re.search(r'<tr class="suggestion"><td><a href="/sae/tiny/proteins/\w+">', page)
-    assert "Zinc finger:C2H2-type" in page
-    assert 'id="next" href="/sae/tiny/features/2"' in page
-    assert 'href="../index.html"' not in page and "← search" in page
+    assert "Zinc finger:C2H2-type" in page  # its suggestion
+    if not VIEWER_PAGE:  # serve adds the suggestions table (the viewer's own page draws its own)
+        assert re.search(r'<tr class="suggestion"><td><a href="/sae/tiny/proteins/\w+">', page)
+    assert 'href="/sae/tiny/features/2"' in page  # the next labeled feature, at serve's address
+    assert 'href="../index.html"' not in page and 'href="/sae/tiny/"' in page
+    assert f'<meta http-equiv="Content-Security-Policy" content="{SERVE_CSP}">' in page
 
 
 def test_an_unlabeled_feature_says_how_to_label_it(client):
@@ -144,7 +147,7 @@ def test_paste_shows_the_features_that_fire_and_one_feature_per_residue(client):
     assert len(fired) >= 3
     assert "features fire on my protein &lt;b&gt;x&lt;/b&gt; (179 residues)" in page
     assert f"<h2 id=\"residues\">Feature {fired[0]} on each residue</h2>" in page
-    assert re.search(r'<span style="background:rgba\(207,34,46,[0-9.]+\)" title="[A-Z]\d+: ', page)
+    assert re.search(r'<(span|b) [^>]*title="[A-Z]\d+: [0-9.e+-]+"', page)  # shaded residues
     second = client.get(f"/sae/{SAE_ID}/analyze", params={"text": SEQUENCE, "feature": str(fired[1])}).text
     assert f"Feature {fired[1]} on each residue" in second
     assert rows(second, "fired") == fired  # same sequence, same answer (cached)

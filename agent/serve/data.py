@@ -22,6 +22,11 @@ from storage.saes import SaeRecord, get_sae
 from storage.suggestions import Suggestion, list_suggestions
 from storage.workspace import Workspace
 
+try:  # the viewer's loader of one feature's page data (histogram, examples, suggestions), once it is there
+    from agent.export_bundle import load_export_feature
+except ImportError:  # pragma: no cover - depends on which viewer is installed
+    load_export_feature = None
+
 MAX_SUGGESTIONS = 100  # rows of suggestions on one page
 
 
@@ -92,7 +97,9 @@ def feature_view(workspace: Workspace, db: Any, sae_id: str, feature: int) -> Fe
         if found.n_indexed:
             n_active = round(found.frac_proteins * found.n_indexed)
     export = None
-    if label is not None:
+    if label is not None and load_export_feature is not None:
+        export = load_export_feature(workspace, db, sae_id, feature)
+    elif label is not None:
         export = ExportFeature(
             record=label, max_activation=stats.max_activation if stats else None,
             frac_proteins=stats.frac_proteins if stats else None,

@@ -8,7 +8,7 @@ from urllib.parse import quote, urlencode
 
 from agent.serve.data import FeatureView, FiredFeature
 from agent.serve.limits import Limits
-from agent.serve.render import SERVE_CSP, esc, feature_page, fmt, shaded_sequence, viewer_css
+from agent.serve.render import SERVE_CSP, VIEWER_PAGE, esc, feature_page, fmt, shaded_sequence, viewer_css
 from storage.export import ExportSae
 from storage.saes import SaeRecord
 from storage.search import LabelHit
@@ -170,8 +170,10 @@ def feature_html(view: FeatureView) -> str:
     problem = (f"<p class=\"muted\" id=\"examples-problem\">{esc(view.examples_problem)}</p>"
                if view.examples_problem else "")
     if view.export is not None:
-        return feature_page(view.sae, view.export, index_url=sae_url(sae_id), nav=nav(sae_id), css=SERVE_CSS,
-                            extra=f"{problem}\n{_neighbour_links(view)}\n{suggestions}")
+        own = "" if VIEWER_PAGE else f"{_neighbour_links(view)}\n{suggestions}"
+        return feature_page(view.sae, view.export, index_url=sae_url(sae_id),
+                            feature_url=lambda n: feature_url(sae_id, n), previous=view.previous,
+                            next=view.next, nav=nav(sae_id), css=SERVE_CSS, extra=f"{problem}\n{own}")
     stats = view.stats
     facts = ("No statistics yet (run `plmlabel index`)." if stats is None else
              f"Max activation {stats.max_activation:.3g}; fires on {stats.frac_proteins:.1%} of the indexed "
