@@ -155,6 +155,7 @@ class SAE(nn.Module, ABC):
     """A sparse autoencoder over one ESM-2 layer. Subclasses define the activation and the loss."""
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    trainable: ClassVar[bool] = True  # False: imported only (topk_rescaled); `sae train` does not offer it
     # SAELens's name for the inference class that computes what this architecture computes
     saelens_architecture: ClassVar[str]
 
@@ -380,13 +381,14 @@ class Registry(Mapping[str, RegistryEntry]):
 
 
 def _builtin_architectures() -> list[tuple[str, type[SAEConfig], type[SAE]]]:
-    from sae.architectures import batchtopk, jumprelu, relu, topk
+    from sae.architectures import batchtopk, jumprelu, relu, topk, topk_rescaled
 
     return [
         ("relu", relu.ReLUConfig, relu.ReLUSAE),
         ("topk", topk.TopKConfig, topk.TopKSAE),
         ("batchtopk", batchtopk.BatchTopKConfig, batchtopk.BatchTopKSAE),
         ("jumprelu", jumprelu.JumpReLUConfig, jumprelu.JumpReLUSAE),
+        ("topk_rescaled", topk_rescaled.TopKRescaledConfig, topk_rescaled.TopKRescaledSAE),
     ]
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sae.embeddings import EmbeddingStore, store_path
 from sae.model import (
+    REGISTRY,
     SAE,
     TrainContext,
     check_fits_layer,
@@ -395,6 +396,8 @@ def train_in_workspace(
     lives in saes/.<sae_id>.training/, which `resume` continues from.
     """
     check_sae_id(sae_id)
+    if not REGISTRY[architecture][1].trainable:
+        raise InputError(f"{architecture} SAEs are imported, not trained (see `plmlabel sae import`).")
     if architecture in ("topk", "batchtopk"):
         k = k or 32
     elif k is not None:

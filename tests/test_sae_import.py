@@ -86,12 +86,12 @@ def test_interplm_matches_its_math(tmp_path, variant):
     assert sae.cfg.normalization == ("unit_norm" if variant != "ae_normalized" else "none")
 
 
-def test_interplm_topk_and_broken_files_are_refused(tmp_path):
+def test_interplm_incomplete_and_broken_files_are_refused(tmp_path):
     state = _interplm_state()
     state["b_dec"] = state.pop("bias")
     state["k"] = torch.tensor(8)
     torch.save(state, tmp_path / "topk.pt")
-    with pytest.raises(InputError, match="only their ReLU SAE"):
+    with pytest.raises(InputError, match="InterPLM's TopKSAE/BatchTopKSAE but has no tensor threshold"):
         import_sae(tmp_path / "topk.pt", "interplm")
     state = _interplm_state()
     state["decoder.weight"] = state["decoder.weight"][:, :10]

@@ -23,7 +23,7 @@ from storage.db import Database
 from storage.errors import InputError, NotFoundError
 from storage.saes import SaeRecord, get_sae, list_saes, record_sae, set_sae_metrics
 
-ARCH_KWARGS = {"topk": {"k": 4}, "batchtopk": {"k": 4}}
+ARCH_KWARGS = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "topk_rescaled": {"k": 4}}
 
 
 @pytest.fixture(autouse=True)
@@ -48,11 +48,14 @@ def _sae(arch: str, normalization: str = "none", d_in: int = 16, d_sae: int = 48
     if arch == "jumprelu":
         with torch.no_grad():
             sae.log_threshold.uniform_(-4, -1)
+    if arch == "topk_rescaled":
+        sae.feature_scale.uniform_(0.5, 2.0)
+        sae.feature_scale[:3] = 0.0  # dead features
     return sae.eval()
 
 
-def test_registry_lists_the_four_architectures():
-    assert sorted(REGISTRY) == ["batchtopk", "jumprelu", "relu", "topk"]
+def test_registry_lists_the_architectures():
+    assert sorted(REGISTRY) == ["batchtopk", "jumprelu", "relu", "topk", "topk_rescaled"]
     for key, (cfg_class, model_class) in REGISTRY.items():
         assert cfg_class.model_fields["architecture"].default == key
         assert model_class.config_class is cfg_class

@@ -39,6 +39,10 @@ THEIR_NORMALIZATIONS = ["none", "expected_average_only_in", "layer_norm", "const
 ROOT = Path(__file__).resolve().parents[1]
 # max abs differences measured (printed with -s; quoted in the README)
 MEASURED: dict[str, float] = {}
+# Our architectures SAELens has an inference class for (topk_rescaled, InterPLM's normalised TopK, has
+# none: test_what_saelens_cannot_compute_it_refuses checks that SAELens's loader refuses it).
+EXPORTABLE = [key for key, (_, model_class) in REGISTRY.items()
+              if not model_class.saelens_architecture.startswith("plmlabel_")]
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +114,7 @@ def test_the_pinned_sae_lens_is_the_layout_we_write():
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
-@pytest.mark.parametrize("arch", list(REGISTRY))
+@pytest.mark.parametrize("arch", EXPORTABLE)
 def test_what_we_save_loads_in_saelens_with_our_numbers(tmp_path, arch, normalization):
     sae = _ours(arch, normalization)
     save_sae(sae, tmp_path / "s")
@@ -125,7 +129,7 @@ def test_what_we_save_loads_in_saelens_with_our_numbers(tmp_path, arch, normaliz
         assert torch.allclose(again.weights_for_saving()[name], tensor, rtol=1e-6, atol=1e-7), name
 
 
-@pytest.mark.parametrize("arch", list(REGISTRY))
+@pytest.mark.parametrize("arch", EXPORTABLE)
 def test_saelens_ignores_every_key_it_does_not_read(tmp_path, arch):
     sae = _ours(arch, "scale")
     save_sae(sae, tmp_path / "full")
@@ -160,7 +164,7 @@ def _randomize(model, seed: int) -> None:
 
 
 @pytest.mark.parametrize("normalization", THEIR_NORMALIZATIONS)
-@pytest.mark.parametrize("arch", list(REGISTRY))
+@pytest.mark.parametrize("arch", EXPORTABLE)
 def test_saelens_inference_saes_import_exactly(tmp_path, arch, normalization):
     """For each of our architectures, SAELens's inference class for it, saved by SAELens, imports."""
     their_arch = REGISTRY[arch][1].saelens_architecture
@@ -207,7 +211,7 @@ def test_saelens_training_checkpoints_import_as_saelens_would_run_them(tmp_path,
         assert ours.cfg.source["matryoshka_widths"] == [16, 40, D_SAE]
 
 
-@pytest.mark.parametrize("arch", list(REGISTRY))
+@pytest.mark.parametrize("arch", EXPORTABLE)
 def test_ours_through_saelens_and_back_is_unchanged(tmp_path, arch):
     """save_sae -> SAELens load_from_disk -> SAELens save_model -> sae import: the same numbers."""
     sae = _ours(arch, "scale")
@@ -216,6 +220,18 @@ def test_ours_through_saelens_and_back_is_unchanged(tmp_path, arch):
     back = import_sae(tmp_path / "lens", "saelens")
     x = _x(4)
     _assert_same(f"ours->SAELens->ours {arch}", _ours_out(back, x), _ours_out(sae, x))
+
+
+def test_what_saelens_cannot_compute_it_refuses(tmp_path):
+    """InterPLM's normalised TopK (top-k choice, then a per-feature scale): SAELens raises, no numbers."""
+    for key, (_, model_class) in REGISTRY.items():
+        if key in EXPORTABLE:
+            continue
+        sae = create_sae(key, D_IN, D_SAE, k=6)
+        save_sae(sae, tmp_path / key)
+        with pytest.raises(Exception, match=model_class.saelens_architecture):
+            LensSAE.load_from_disk(tmp_path / key)
+        assert torch.equal(load_sae(tmp_path / key).encode(_x()), sae.encode(_x()))
 
 
 # --- what is refused --------------------------------------------------------------------------------
@@ -307,7 +323,7 @@ def test_what_sae_train_and_sae_import_store_loads_in_saelens(tmp_path):
     embed_proteins(ws, str(checkpoint), 1, None, 4096, "cpu", "auto")
     base = ("--workspace", ws.root, "--model", checkpoint, "--layer", 1)
     x = _x(5)[:, :1].repeat(1, 32) + torch.randn(40, 32)  # width 32: the tiny ESM-2
-    for arch in REGISTRY:
+    for arch in (key for key in EXPORTABLE if REGISTRY[key][1].trainable):
         k = ("--k", 4) if arch in ("topk", "batchtopk") else ()
         trained = invoke("sae", "train", *base, "--name", arch, "--arch", arch, "--d-sae", 64, *k,
                          "--tokens", 4096, "--batch-size", 512, "--device", "cpu")

@@ -49,6 +49,7 @@ def sae() -> None:
 
 model_option = click.option("--model", default=None, metavar="NAME_OR_PATH",
                             help="ESM-2 the SAE reads (default: [plm] model in plmlabel.toml).")
+_TRAINABLE = [key for key, (_, model_class) in REGISTRY.items() if model_class.trainable]
 layer_option = click.option("--layer", type=click.IntRange(min=0), default=None,
                             help="ESM-2 layer the SAE reads (default: [plm] layer).")
 
@@ -57,12 +58,14 @@ layer_option = click.option("--layer", type=click.IntRange(min=0), default=None,
 @workspace_option
 @click.argument("path", type=click.Path())
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
-              help="interplm: ae_normalized.pt; interprot: .safetensors; saelens: a folder.")
+              help="interplm: ae_normalized.pt or its run folder; interprot: .safetensors, .pt or a "
+              "Lightning .ckpt; saelens: a folder.")
 @click.option("--name", "sae_id", required=True, help="Name of the SAE in this workspace.")
 @model_option
 @layer_option
 @click.option("--k", type=click.IntRange(min=1), default=None,
-              help="InterProt only: k when the file name does not say it.")
+              help="InterProt only: k when neither the checkpoint, the file name nor a known release "
+              "says it.")
 @click.option("--force", is_flag=True, help="Replace an SAE of the same name (its labels and concept "
               "scores are deleted, they describe the old weights; rebuild its index).")
 @json_option
@@ -86,7 +89,7 @@ def import_(workspace: str | None, path: str, fmt: str, sae_id: str, model: str 
 @click.option("--name", "sae_id", required=True, help="Name of the new SAE.")
 @model_option
 @layer_option
-@click.option("--arch", "architecture", required=True, type=click.Choice(list(REGISTRY)),
+@click.option("--arch", "architecture", required=True, type=click.Choice(_TRAINABLE),
               help="SAE architecture.")
 @click.option("--d-sae", type=click.IntRange(min=1), required=True, help="Number of features.")
 @click.option("--k", type=click.IntRange(min=1), default=None,
