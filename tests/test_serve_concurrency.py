@@ -134,3 +134,15 @@ def test_serve_reads_without_writing(live, tmp_path):
     assert hashlib.sha256(ws.db_path.read_bytes()).hexdigest() == before
     with read_only_database(ws.db_path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
         db.execute("delete from labels")
+
+
+def test_the_result_cache_is_bounded_in_bytes(monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr("agent.serve.model_pool.compute_activations",
+                        lambda models, sequence: np.zeros((len(sequence), 1000), dtype=np.float32))
+    pool = ModelPool(lambda sae_id: object(), cache_bytes=10 * 4000 * 10)
+    for n in range(30):
+        pool.activations("a", "M" * (10 + n))
+    assert sum(a.nbytes for a in pool._cache.values()) <= 10 * 4000 * 10
+    assert len(pool._cache) >= 1
