@@ -224,3 +224,11 @@ def test_check_paste_reads_fasta_and_drops_numbers():
 def test_parse_form_refuses_too_many_fields():
     with pytest.raises(PasteError):
         parse_form(b"&".join(b"a%d=1" % i for i in range(20)))
+
+
+def test_an_unknown_protein_address_is_escaped(client):
+    response = client.get(f"/sae/{SAE_ID}/proteins/%3Cimg%20src%3Dx%20id%3Dpwned%3E")
+    assert response.status_code == 200
+    assert "not in the workspace database" in response.text
+    assert "&lt;img src=x id=pwned&gt;" in response.text
+    assert "<img" not in response.text and "<script" not in response.text
