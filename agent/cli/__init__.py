@@ -35,6 +35,7 @@ COMMAND_MODULES: dict[str, str] = {
     "suggest": "agent.cli.suggest_cmd",
     "steer": "agent.cli.steer_cmd",
     "check": "agent.cli.check_cmd",
+    "serve": "agent.cli.serve_cmd",
 }
 
 
