@@ -67,9 +67,9 @@ def _example_json(ex: ExportExample) -> dict[str, Any]:
 
 
 def interprot_feature(sae: ExportSae, feature: ExportFeature) -> dict[str, Any]:
-    """One viewer file. The examples are bucketed by their normalised max, highest first."""
-    active = sorted((ex for ex in feature.examples if ex.normalized > 0),
-                    key=lambda ex: (-ex.max_activation, ex.accession))
+    """One viewer file: the examples bucketed by their normalised max, highest first."""
+    # stable: equal maxima keep the order they came in (index order, as their heapq.nlargest keeps)
+    active = sorted((ex for ex in feature.examples if ex.normalized > 0), key=lambda ex: -ex.max_activation)
     ranges = {}
     for start, end in RANGES:
         chosen = [ex for ex in active if start < ex.normalized <= end][:PER_RANGE]

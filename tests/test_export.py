@@ -26,8 +26,8 @@ from storage.export import (
     load_bundle,
     write_export,
 )
-from storage.export_interplm import interplm_row
 from storage.export_html import json_for_script, render_feature, render_index
+from storage.export_interplm import interplm_row
 from storage.protein import Protein
 from storage.workspace import Workspace
 from tests.test_query import LABELS, PAYLOAD_DESCRIPTION, PAYLOAD_LABEL, PROVENANCE, seed_labels
