@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.export import ExportExample, ExportFeature, ExportSae, label_fields
+from storage.export_interprot import rounded
 
 MAX_FEATURES = 128  # per request body
 MAX_TOKENS = 1024  # per activation
@@ -52,7 +53,7 @@ def activation(ex: ExportExample) -> dict[str, Any]:
     values = ex.activations
     peak = max(range(len(values)), key=values.__getitem__) if values else 0
     start, end = window(len(ex.sequence), peak)
-    return {"tokens": list(ex.sequence[start:end]), "values": [round(v, 4) for v in values[start:end]]}
+    return {"tokens": list(ex.sequence[start:end]), "values": rounded(values[start:end])}
 
 
 def explanation_text(feature: ExportFeature) -> str:
