@@ -249,3 +249,16 @@ def test_neuronpedia_splits_into_bodies_of_128_and_windows_long_proteins(tmp_pat
     assert len(long["tokens"]) == len(long["values"]) == MAX_TOKENS
     assert long["values"][-3] == 2.0  # the window ends at the protein's end and holds the peak
     assert all(r["ok"] for r in _validate(node_modules, [tmp_path / name for name in files]))
+
+
+def test_neuronpedia_lists_features_without_a_firing_example_as_skipped(tmp_path):
+    sae = ExportSae(sae_id="s", plm_model="esm2_t6_8M_UR50D", layer=3)
+    silent = _feature(7, 20).model_copy(update={"examples": []})
+    assert write_neuronpedia(sae, [_feature(1, 20), silent], tmp_path) == ["batch-0.json", "skipped.json"]
+    assert json.loads((tmp_path / "skipped.json").read_text()) == {"no_firing_example": [7]}
+    assert [f["index"] for f in json.loads((tmp_path / "batch-0.json").read_text())["features"]] == [1]
+
+
+def test_markdown_text_shows_untrusted_text_literally():
+    assert markdown_text("<b>x</b> & [a](b) *c* `d`") == (
+        r"&lt;b&gt;x&lt;/b&gt; &amp; \[a\]\(b\) \*c\* \`d\`")
