@@ -56,11 +56,12 @@ def indexed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def node_modules() -> Path:
-    """typescript and yup from npm (tests/js/package.json, installed once)."""
+    """typescript, markdown-to-jsx, react and yup from npm (tests/js/package.json, installed once)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are not installed (apt-get install nodejs npm)")
     modules = JS / "node_modules"
-    if not (modules / "typescript").is_dir() or not (modules / "yup").is_dir():
+    wanted = json.loads((JS / "package.json").read_text())["dependencies"]
+    if not all((modules / name).is_dir() for name in wanted):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, timeout=300,
                        capture_output=True)
     return modules
@@ -143,6 +144,13 @@ console.log(JSON.stringify({{
     return project
 
 
+def _render_markdown(text: str) -> str:
+    run = subprocess.run(["node", str(JS / "interprot" / "render_markdown.cjs"), text], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 @pytest.mark.slow  # builds the planted index once per process (~15 s)
 def test_interprot_export_passes_their_types_and_process_data(cli, indexed, tmp_path, node_modules):
     export(cli, indexed, "interprot", tmp_path / "viz")
@@ -160,6 +168,11 @@ def test_interprot_export_passes_their_types_and_process_data(cli, indexed, tmp_
     assert "Pearson r 0.81 on 24 held-out proteins (validated)" in by_dim[0]["desc"]
     assert by_dim[1]["desc"].startswith(markdown_text(PAYLOAD))
     assert "<img" not in by_dim[1]["desc"] and "](javascript" not in by_dim[1]["desc"]
+    shown_html = _render_markdown(by_dim[1]["desc"])  # as their <Markdown> component renders it
+    assert shown_html == ("<div><p>Binds &lt;img src=x onerror=alert(1)&gt; [click](javascript:alert(1)) "
+                          "*zinc*</p><p>plmlabel: Pearson r 0.66 on 24 held-out proteins (validated).</p></div>")
+    assert "<img" not in shown_html and "<a" not in shown_html and "<em>" not in shown_html
+    assert "<img" in _render_markdown(PAYLOAD)  # unescaped, the same text would make an element
     assert "Pearson" not in by_dim[5]["desc"]  # no score, no score line
     for feature in (0, 1, 2, 5):
         data = json.loads((tmp_path / "viz" / f"{feature}.json").read_text())
