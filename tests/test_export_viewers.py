@@ -170,7 +170,8 @@ def test_interprot_export_passes_their_types_and_process_data(cli, indexed, tmp_
     assert "<img" not in by_dim[1]["desc"] and "](javascript" not in by_dim[1]["desc"]
     shown_html = _render_markdown(by_dim[1]["desc"])  # as their <Markdown> component renders it
     assert shown_html == ("<div><p>Binds &lt;img src=x onerror=alert(1)&gt; [click](javascript:alert(1)) "
-                          "*zinc*</p><p>plmlabel: Pearson r 0.66 on 24 held-out proteins (validated).</p></div>")
+                          "*zinc*</p><p>plmlabel: Pearson r 0.66 on 24 held-out proteins (validated).</p>"
+                          "</div>")
     assert "<img" not in shown_html and "<a" not in shown_html and "<em>" not in shown_html
     assert "<img" in _render_markdown(PAYLOAD)  # unescaped, the same text would make an element
     assert "Pearson" not in by_dim[5]["desc"]  # no score, no score line
