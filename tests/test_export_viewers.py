@@ -276,3 +276,28 @@ def test_neuronpedia_lists_features_without_a_firing_example_as_skipped(tmp_path
 def test_markdown_text_shows_untrusted_text_literally():
     assert markdown_text("<b>x</b> & [a](b) *c* `d`") == (
         r"&lt;b&gt;x&lt;/b&gt; &amp; \[a\]\(b\) \*c\* \`d\`")
+
+
+@pytest.mark.parametrize("fmt", ["interprot", "neuronpedia", "interplm", "jsonl"])
+def test_every_streaming_writer_takes_a_one_shot_generator(tmp_path, fmt):
+    """Writers read the features once, in order, and write as they go: a generator is enough."""
+    from importlib import import_module
+
+    sae = ExportSae(sae_id="s", plm_model="esm2_t6_8M_UR50D", layer=3, d_sae=300)
+    pulled: list[int] = []
+
+    def features():
+        for i in range(300):
+            pulled.append(i)
+            if fmt == "interprot" and i:  # the previous feature is on disk before the next is read
+                assert (tmp_path / f"{i - 1}.json").exists()
+            if fmt == "neuronpedia":
+                assert (tmp_path / "batch-0.json").exists() == (i > MAX_FEATURES)
+            yield _feature(i, 30)
+
+    files = import_module(f"storage.export_{fmt}").write(sae, features(), tmp_path)
+    assert pulled == list(range(300))
+    assert {"interprot": 301, "neuronpedia": 3, "interplm": 1, "jsonl": 1}[fmt] == len(files)
+    if fmt == "interprot":
+        config = (tmp_path / "SAEConfigs.plmlabel.ts").read_text()
+        assert config.count("dim: ") == 300 and "numHiddenDims: 300" in config
