@@ -292,7 +292,7 @@ def test_every_streaming_writer_takes_a_one_shot_generator(tmp_path, fmt):
             if fmt == "interprot" and i:  # the previous feature is on disk before the next is read
                 assert (tmp_path / f"{i - 1}.json").exists()
             if fmt == "neuronpedia":
-                assert (tmp_path / "batch-0.json").exists() == (i > MAX_FEATURES)
+                assert (tmp_path / "batch-0.json").exists() == (i >= MAX_FEATURES)
             yield _feature(i, 30)
 
     files = import_module(f"storage.export_{fmt}").write(sae, features(), tmp_path)
