@@ -43,9 +43,11 @@ def _field(cell: str | int | float, delimiter: str) -> str:
     return cell
 
 
+def table_line(row: Sequence[Any], *, delimiter: str = ",") -> str:
+    """One line of a table (with its newline), every cell through `spreadsheet_cell`: to stream rows."""
+    return delimiter.join(_field(spreadsheet_cell(value), delimiter) for value in row) + "\n"
+
+
 def write_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, delimiter: str = ",") -> str:
     """A CSV (or, with delimiter="\t", TSV) text whose every cell went through `spreadsheet_cell`."""
-    lines = []
-    for row in (header, *rows):
-        lines.append(delimiter.join(_field(spreadsheet_cell(value), delimiter) for value in row) + "\n")
-    return "".join(lines)
+    return "".join(table_line(row, delimiter=delimiter) for row in (header, *rows))

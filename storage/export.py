@@ -1,21 +1,19 @@
-"""Exports of one SAE's labels for the viewers people already use, written atomically.
+"""Exports of one SAE's labels for the viewers people already use, written atomically and streamed.
 
-Formats:
-    interplm   LLM_Autointerp.csv as InterPLM's dashboard reads it: index column `Feature`, columns
-               `Summary` (the description) and `Correlation` (Pearson r); it goes in the dashboard
-               cache's `layer_<L>/` folder.
-    interprot  one `<feature>.json` per feature in the shape of InterProt's viewer files: `ranges`
-               keyed "0-0.25" .. "0.75-1" (normalised per-protein max activation) holding `examples`
-               with `sequence` and per-residue `sae_acts`, plus `freq_active`, `max_act`, `top_pfam`;
-               our label fields sit under the key `plmlabel`.
-    jsonl      labels.jsonl, one label per line: PLM, SAE, layer, index, label, description, scores,
-               provenance.
-    html       a self-contained static viewer (storage/export_html.py).
+Formats, one module each (a writer takes the `ExportSae` header and an iterable of `ExportFeature` and
+writes each feature as it comes, so memory stays flat in the number of features):
+    interplm     storage/export_interplm.py: LLM_Autointerp.csv for InterPLM's dashboard.
+    interprot    storage/export_interprot.py: one `<feature>.json` per feature as InterProt's viewer
+                 reads it, plus the `SAEConfigs.ts` entry that shows our descriptions.
+    neuronpedia  storage/export_neuronpedia.py: request bodies for Neuronpedia's feature upload-batch.
+    jsonl        storage/export_jsonl.py: labels.jsonl, one label per line.
+    html         a self-contained static viewer (storage/export_html.py; takes the whole bundle).
 
-This module takes plain data: `ExportBundle` (built from the database by `load_bundle`, with example
-sequences attached by the caller, which owns the activation index). The output folder appears whole
-or not at all: files go to a temporary folder beside it that is renamed into place at the end. No
-secrets are ever exported: only label, score and provenance columns are read.
+This module holds the plain data (`ExportBundle`, built from the database by `load_bundle` or streamed
+by `iter_export_features`, with example sequences attached by the caller, which owns the activation
+index), the fields every format shares, and the atomic folder: files go to a temporary folder beside
+the output that is renamed into place at the end. No secrets are ever exported: only label, score and
+provenance columns are read.
 """
 
 from __future__ import annotations
@@ -25,27 +23,25 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from storage.csv_safe import write_table
 from storage.db import Database, utcnow
 from storage.errors import InputError
-from storage.features_store import list_feature_stats
-from storage.labels import StoredLabel, list_labels
+from storage.features_store import get_feature_stats, list_feature_stats
+from storage.labels import StoredLabel, get_label, list_labels
 from storage.paths import model_display_name
 from storage.saes import get_sae
 
-FORMATS: tuple[str, ...] = ("interplm", "interprot", "jsonl", "html")
+FORMATS: tuple[str, ...] = ("interplm", "interprot", "neuronpedia", "jsonl", "html")
+WITH_EXAMPLES: tuple[str, ...] = ("interprot", "neuronpedia", "html")  # the others are label tables
+NEEDS_INDEX: tuple[str, ...] = ("interprot", "neuronpedia")  # their viewers show nothing without examples
 MANIFEST_NAME = "plmlabel-export.json"
-INTERPLM_FILE = "LLM_Autointerp.csv"
-JSONL_FILE = "labels.jsonl"
-# InterProt's viewer shows the top sequences of each normalised-activation range, (start, end].
-INTERPROT_RANGES: tuple[tuple[float, float], ...] = ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1))
-INTERPROT_PER_RANGE = 12
+INTERPLM_FILE = "LLM_Autointerp.csv"  # kept here: the CLI names it
 
 
 class ExportExample(BaseModel):
@@ -59,6 +55,10 @@ class ExportExample(BaseModel):
     max_activation: float
     normalized: float
     activations: list[float]
+    # False when the index holds only this protein's peak residue for the feature (it keeps every
+    # residue only for the feature's example and held-out proteins): `activations` is then zero
+    # except at the peak.
+    all_residues: bool = True
 
 
 class ExportSae(BaseModel):
@@ -119,6 +119,36 @@ def load_bundle(db: Database, sae_id: str, *, validated_only: bool = False) -> E
     return ExportBundle(sae=sae, features=features)
 
 
+def export_sae(db: Database, sae_id: str) -> ExportSae:
+    """The header every export carries (NotFoundError for an unknown SAE)."""
+    record = get_sae(db, sae_id)
+    sae = ExportSae(**{key: getattr(record, key) for key in ExportSae.model_fields})
+    sae.plm_model = model_display_name(sae.plm_model)  # never a local path in a file meant to be shared
+    return sae
+
+
+def iter_export_features(db: Database, sae_id: str, *, validated_only: bool = False, batch_size: int = 500,
+                         with_predictions: bool = True) -> Iterator[ExportFeature]:
+    """The successful labels of `sae_id` by feature, with their statistics, read `batch_size` ids at a
+    time and one label at a time, so memory does not grow with the number of features."""
+    sql = ("select feature from labels where sae_id = ? and status = 'ok' and feature > ?"
+           + (" and validated = 1" if validated_only else "") + " order by feature limit ?")
+    last = -1
+    while ids := [int(row[0]) for row in db.execute(sql, (sae_id, last, batch_size)).fetchall()]:
+        for feature in ids:
+            label = get_label(db, sae_id, feature, with_predictions=with_predictions)
+            if label is None or label.status != "ok":
+                continue  # relabeled meanwhile
+            row = get_feature_stats(db, sae_id, feature)
+            yield ExportFeature(
+                record=label,
+                max_activation=row.max_activation if row else None,
+                frac_proteins=row.frac_proteins if row else None,
+                top_concepts=[dict(c) for c in row.top_concepts] if row else [],
+            )
+        last = ids[-1]
+
+
 # --- shared pieces -----------------------------------------------------------------------------------
 def provenance(record: StoredLabel) -> dict[str, Any]:
     return {
@@ -164,103 +194,39 @@ def label_fields(feature: ExportFeature) -> dict[str, Any]:
     }
 
 
-# --- formats -----------------------------------------------------------------------------------------
-def render_interplm(bundle: ExportBundle) -> str:
-    """LLM_Autointerp.csv: Feature,Summary,Correlation (an empty Correlation reads as NaN); text
-    cells that a spreadsheet would run as a formula are neutralised (storage/csv_safe.py)."""
-    rows = []
-    for feature in bundle.features:
-        record = feature.record
-        pearson = None if record.pearson is None else round(record.pearson, 4)
-        rows.append([record.feature, record.description or record.label or "", pearson])
-    return write_table(["Feature", "Summary", "Correlation"], rows)
+# --- formats: one module each; a writer takes the header and the features and writes as it goes --------
+Writer = Callable[[ExportSae, Iterable[ExportFeature], Path], list[str]]
 
 
-def write_interplm(bundle: ExportBundle, folder: Path) -> list[str]:
-    (folder / INTERPLM_FILE).write_text(render_interplm(bundle), encoding="utf-8")
-    return [INTERPLM_FILE]
+def _module_writer(fmt: str) -> Writer:
+    def write(sae: ExportSae, features: Iterable[ExportFeature], folder: Path) -> list[str]:
+        module = import_module(f"storage.export_{fmt}")  # at call time: those modules import this one
+        return module.write(sae, features, folder)  # type: ignore[no-any-return]
+
+    return write
 
 
-def _range_name(start: float, end: float) -> str:
-    return f"{start:g}-{end:g}"
-
-
-def interprot_feature(bundle: ExportBundle, feature: ExportFeature) -> dict[str, Any]:
-    """One InterProt viewer file: activation ranges with example sequences, plus `plmlabel`."""
-    ranges: dict[str, Any] = {}
-    active = sorted(
-        (ex for ex in feature.examples if ex.normalized > 0),
-        key=lambda ex: (-ex.max_activation, ex.accession),
-    )
-    for start, end in INTERPROT_RANGES:
-        chosen = [ex for ex in active if start < ex.normalized <= end][:INTERPROT_PER_RANGE]
-        ranges[_range_name(start, end)] = {
-            "examples": [
-                {
-                    "sae_acts": [round(value, 4) for value in ex.activations],
-                    "sequence": ex.sequence,
-                    "alphafold_id": ex.accession,  # AlphaFold DB entries are keyed by UniProt accession
-                    "uniprot_id": ex.accession,
-                    "name": ex.name or ex.accession,
-                }
-                for ex in chosen
-            ]
-        }
-    data: dict[str, Any] = {"ranges": ranges, "top_pfam": []}
-    if feature.frac_proteins is not None:
-        data["freq_active"] = feature.frac_proteins
-    if feature.n_active is not None:
-        data["n_seqs"] = feature.n_active
-    if feature.max_activation is not None:
-        data["max_act"] = feature.max_activation
-    data["plmlabel"] = {"sae_id": bundle.sae.sae_id, **label_fields(feature)}
-    return data
-
-
-def write_interprot(bundle: ExportBundle, folder: Path) -> list[str]:
-    names = []
-    for feature in bundle.features:
-        name = f"{feature.record.feature}.json"
-        (folder / name).write_text(json.dumps(interprot_feature(bundle, feature)), encoding="utf-8")
-        names.append(name)
-    return names
-
-
-def jsonl_line(bundle: ExportBundle, feature: ExportFeature) -> dict[str, Any]:
-    sae = bundle.sae
-    return {
-        "plm_model": sae.plm_model,
-        "layer": sae.layer,
-        "sae_id": sae.sae_id,
-        "architecture": sae.architecture,
-        "d_sae": sae.d_sae,
-        **label_fields(feature),
-    }
-
-
-def render_jsonl(bundle: ExportBundle) -> str:
-    return "".join(
-        json.dumps(jsonl_line(bundle, feature), sort_keys=True) + "\n" for feature in bundle.features
-    )
-
-
-def write_jsonl(bundle: ExportBundle, folder: Path) -> list[str]:
-    (folder / JSONL_FILE).write_text(render_jsonl(bundle), encoding="utf-8")
-    return [JSONL_FILE]
-
-
-def _write_html(bundle: ExportBundle, folder: Path) -> list[str]:
+def _write_html(sae: ExportSae, features: Iterable[ExportFeature], folder: Path, *,
+                bundle: ExportBundle | None = None) -> list[str]:
     from storage.export_html import write_html  # the viewer's templates load only when asked for
 
-    return write_html(bundle, folder)
+    return write_html(bundle or ExportBundle.model_construct(sae=sae, features=features), folder)
 
 
-WRITERS: dict[str, Callable[[ExportBundle, Path], list[str]]] = {
-    "interplm": write_interplm,
-    "interprot": write_interprot,
-    "jsonl": write_jsonl,
-    "html": _write_html,
-}
+WRITERS: dict[str, Writer] = {fmt: _module_writer(fmt) for fmt in FORMATS if fmt != "html"}
+WRITERS["html"] = _write_html
+
+
+class _Counted:
+    """Passes features through, counting them (a stream has no length until it is read)."""
+
+    def __init__(self, features: Iterable[ExportFeature]) -> None:
+        self.features, self.n = features, 0
+
+    def __iter__(self) -> Iterator[ExportFeature]:
+        for feature in self.features:
+            self.n += 1
+            yield feature
 
 
 # --- the atomic folder -------------------------------------------------------------------------------
@@ -268,7 +234,7 @@ WRITERS: dict[str, Callable[[ExportBundle, Path], list[str]]] = {
 _LEGACY_FILES: dict[str, re.Pattern[str]] = {
     "interplm": re.compile(re.escape(INTERPLM_FILE)),
     "interprot": re.compile(r"\d+\.json"),
-    "jsonl": re.compile(re.escape(JSONL_FILE)),
+    "jsonl": re.compile(re.escape("labels.jsonl")),
     "html": re.compile(r"index\.html|features|features/\d+\.html"),
 }
 
@@ -340,7 +306,11 @@ def check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def write_export(bundle: ExportBundle, fmt: str, out_dir: str | os.PathLike[str]) -> ExportResult:
-    """Write `bundle` in format `fmt` to `out_dir`, replacing an earlier export there, atomically."""
+    """Write `bundle` in format `fmt` to `out_dir`, replacing an earlier export there, atomically.
+
+    `bundle.features` may be any iterable (a generator streams: each feature is written as it is read
+    and then dropped); html gets the bundle itself (it reads the features more than once).
+    """
     if fmt not in WRITERS:
         raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     out = check_out_dir(out_dir)
@@ -350,13 +320,19 @@ def write_export(bundle: ExportBundle, fmt: str, out_dir: str | os.PathLike[str]
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}.") from exc
     try:
-        files = WRITERS[fmt](bundle, staging)
+        if fmt == "html":
+            files = WRITERS[fmt](bundle.sae, bundle.features, staging, bundle=bundle)  # type: ignore[call-arg]
+            n_features = len(bundle.features)
+        else:
+            counted = _Counted(bundle.features)
+            files = WRITERS[fmt](bundle.sae, counted, staging)
+            n_features = counted.n
         manifest = {
             "format": fmt,
             "sae_id": bundle.sae.sae_id,
             "plm_model": bundle.sae.plm_model,
             "layer": bundle.sae.layer,
-            "n_features": len(bundle.features),
+            "n_features": n_features,
             "has_examples": bundle.has_examples,
             "files": len(files),
             "written": [path for path in _tree(staging) if (staging / path).is_file()],  # replaceable
@@ -372,7 +348,7 @@ def write_export(bundle: ExportBundle, fmt: str, out_dir: str | os.PathLike[str]
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(
-        out_dir=out, format=fmt, n_features=len(bundle.features), files=files,
+        out_dir=out, format=fmt, n_features=n_features, files=files,
         has_examples=bundle.has_examples,
     )
 
@@ -400,11 +376,12 @@ __all__ = [
     "ExportFeature",
     "ExportResult",
     "ExportSae",
-    "interprot_feature",
-    "jsonl_line",
+    "NEEDS_INDEX",
+    "WITH_EXAMPLES",
+    "export_sae",
+    "iter_export_features",
+    "label_fields",
     "load_bundle",
-    "render_interplm",
-    "render_jsonl",
     "check_out_dir",
     "write_export",
 ]

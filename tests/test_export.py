@@ -22,11 +22,12 @@ from storage.errors import InputError
 from storage.export import (
     MANIFEST_NAME,
     ExportBundle,
+    iter_export_features,
     load_bundle,
-    render_interplm,
     write_export,
 )
 from storage.export_html import json_for_script, render_feature, render_index
+from storage.export_interplm import interplm_row
 from storage.protein import Protein
 from storage.workspace import Workspace
 from tests.test_query import LABELS, PAYLOAD_DESCRIPTION, PAYLOAD_LABEL, PROVENANCE, seed_labels
@@ -125,14 +126,32 @@ def test_export_examples_makes_dense_activations(swissprot_dir):
 
 
 # --- interplm ----------------------------------------------------------------------------------------
-def test_interplm_csv_is_exact(bundle):
-    assert render_interplm(bundle) == (
+def test_interplm_csv_is_exact(bundle, exports):
+    write_export(bundle, "interplm", exports / "p")
+    assert (exports / "p" / "LLM_Autointerp.csv").read_text() == (
         "Feature,Summary,Correlation\n"
         "3,Fires on the cysteines and histidines of C2H2 zinc finger domains that bind zinc ions.,0.82\n"
         "7,Hydrophobic membrane-spanning helices; a few transporters also bind zinc.,0.64\n"
         "11,[bold]Signal[/bold] peptides at the N-terminus of secreted proteins.,0.31\n"
         f"20,{_csv_field(PAYLOAD_DESCRIPTION)},0.55\n"
     )
+
+
+def test_interplm_leaves_out_a_label_without_a_score(bundle):
+    """A blank Correlation would show in the dashboard as "score=nan"."""
+    feature = bundle.features[0]
+    unscored = feature.model_copy(update={"record": feature.record.model_copy(update={"pearson": None})})
+    assert interplm_row(unscored) is None
+    assert interplm_row(feature) == [3, feature.record.description, 0.82]
+
+
+def test_iter_export_features_streams_what_load_bundle_reads(seeded):
+    with seeded.db() as db:
+        loaded = load_bundle(db, "demo").features
+        streamed = iter_export_features(db, "demo", batch_size=2)
+        assert not isinstance(streamed, list)
+        assert [f.model_dump() for f in streamed] == [f.model_dump() for f in loaded]
+        assert [f.record.feature for f in iter_export_features(db, "demo", validated_only=True)] == [3, 7, 20]
 
 
 def _csv_field(text: str) -> str:
@@ -158,10 +177,10 @@ def test_interplm_csv_reads_as_the_dashboard_reads_it(seeded, cli, exports):
 def test_interprot_files_have_the_viewer_shape(bundle, exports):
     result = write_export(bundle, "interprot", exports / "viz")
     assert sorted(os.listdir(exports / "viz")) == sorted(
-        ["3.json", "7.json", "11.json", "20.json", MANIFEST_NAME])
-    assert result.files == ["3.json", "7.json", "11.json", "20.json"]
+        ["3.json", "7.json", "11.json", "20.json", "SAEConfigs.plmlabel.ts", MANIFEST_NAME])
+    assert result.files == ["3.json", "7.json", "11.json", "20.json", "SAEConfigs.plmlabel.ts"]
     data = json.loads((exports / "viz" / "3.json").read_text())
-    assert set(data) == {"ranges", "freq_active", "max_act", "top_pfam", "plmlabel"}
+    assert set(data) == {"ranges", "freq_active", "n_seqs", "max_act", "top_pfam", "plmlabel"}
     assert list(data["ranges"]) == ["0-0.25", "0.25-0.5", "0.5-0.75", "0.75-1"]
     assert (data["freq_active"], data["max_act"], data["top_pfam"]) == (0.04, 2.5, [])
     counts = {name: len(r["examples"]) for name, r in data["ranges"].items()}
@@ -179,17 +198,13 @@ def test_interprot_files_have_the_viewer_shape(bundle, exports):
     assert ours["provenance"] == PROVENANCE
 
 
-def test_interprot_without_index_warns_and_writes_labels(seeded, cli, exports):
-    result = cli("export", "demo", "--format", "interprot", "--out", exports / "viz",
-                 "--workspace", seeded.root)
-    assert result.exit_code == 0
-    assert result.stderr == ("warning: SAE 'demo' has no activation index; run `plmlabel index demo` first; "
-                             "exporting labels without example sequences.\n")
-    data = json.loads((exports / "viz" / "7.json").read_text())
-    assert all(r["examples"] == [] for r in data["ranges"].values())
-    assert data["plmlabel"]["label"] == "Transmembrane helix"
-    manifest = json.loads((exports / "viz" / MANIFEST_NAME).read_text())
-    assert manifest["has_examples"] is False and manifest["n_features"] == 4
+@pytest.mark.parametrize("fmt", ["interprot", "neuronpedia"])
+def test_viewer_formats_without_an_index_refuse_in_one_line(seeded, cli, exports, fmt):
+    result = cli("export", "demo", "--format", fmt, "--out", exports / "viz", "--workspace", seeded.root)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --format {fmt} needs the SAE's example activations: SAE 'demo' has no "
+                             "activation index; run `plmlabel index demo` first.\n")
+    assert os.listdir(exports) == []
 
 
 # --- jsonl -------------------------------------------------------------------------------------------
@@ -218,7 +233,7 @@ def test_no_run_arguments_or_keys_leave_the_database(seeded, cli, exports, monke
         db.execute("update runs set args = ? where run_id = 'run-1'",
                    (json.dumps({"api_key": "sk-secret-123"}),))
         db.db.conn.commit()
-    for fmt in ("interplm", "interprot", "jsonl", "html"):
+    for fmt in ("interplm", "jsonl", "html"):  # interprot and neuronpedia: tests/test_export_viewers.py
         assert cli("export", "demo", "--format", fmt, "--out", exports / fmt,
                    "--workspace", seeded.root).exit_code == 0
         for path in (exports / fmt).rglob("*"):
@@ -397,7 +412,7 @@ def test_a_read_only_folder_fails_cleanly(seeded, cli, exports):
 
 
 def test_a_failure_mid_export_leaves_nothing(bundle, exports, monkeypatch):
-    def half_then_fail(data, folder):
+    def half_then_fail(sae, features, folder):
         (folder / "partial.txt").write_text("half")
         raise OSError(28, "No space left on device")
 
@@ -410,7 +425,7 @@ def test_a_failure_mid_export_leaves_nothing(bundle, exports, monkeypatch):
 def test_a_failure_mid_reexport_keeps_the_earlier_export(bundle, exports, monkeypatch):
     write_export(bundle, "jsonl", exports / "out")
     before = (exports / "out" / "labels.jsonl").read_text()
-    monkeypatch.setitem(export_module.WRITERS, "jsonl", lambda data, folder: 1 / 0)
+    monkeypatch.setitem(export_module.WRITERS, "jsonl", lambda sae, features, folder: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         write_export(bundle, "jsonl", exports / "out")
     assert (exports / "out" / "labels.jsonl").read_text() == before
@@ -444,24 +459,3 @@ def test_export_has_help(cli):
     result = cli("export", "--help")
     assert result.exit_code == 0
     assert "interplm" in result.stdout and "--validated-only" in result.stdout
-
-
-def test_export_cli_attaches_examples_from_the_index(seeded, cli, exports, swissprot_dir, monkeypatch):
-    proteins = sample_proteins(swissprot_dir)
-
-    def from_index(workspace, db, sae_id, feature):
-        return feature_examples(proteins, sae_id, feature).model_copy(update={"n_indexed": 1000})
-
-    monkeypatch.setattr("agent.export_bundle.open_index", lambda workspace, sae_id: None)
-    monkeypatch.setattr("agent.export_bundle.load_feature_examples", from_index)
-    result = cli("export", "demo", "--format", "interprot", "--out", exports / "viz",
-                 "--workspace", seeded.root)
-    assert result.exit_code == 0, result.stderr
-    assert result.stderr == ""
-    data = json.loads((exports / "viz" / "7.json").read_text())
-    assert data["n_seqs"] == 40  # frac_proteins 0.04 of 1000 indexed proteins
-    assert sum(len(r["examples"]) for r in data["ranges"].values()) == 4
-    result = cli("export", "demo", "--format", "html", "--out", exports / "site", "--workspace", seeded.root)
-    page = (exports / "site" / "features" / "7.html").read_text()
-    assert proteins[(0 + 7) % len(proteins)].accession in page
-    assert "No activation index was found" not in (exports / "site" / "index.html").read_text()

@@ -1,4 +1,5 @@
-"""`plmlabel export`: an SAE's labels for InterPLM, InterProt, as JSON lines, or as a static HTML viewer."""
+"""`plmlabel export`: an SAE's labels for InterPLM, InterProt, Neuronpedia, as JSON lines, or as a static
+HTML viewer. Every format but html streams: each feature is read, written and dropped in turn."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ from agent.cli._common import (
     warn,
     workspace_option,
 )
-from agent.export_bundle import gather_bundle
-from storage.export import FORMATS, INTERPLM_FILE, check_out_dir, write_export
+from agent.export_bundle import gather_bundle, index_problem
+from agent.export_stream import stream_features
+from storage.errors import InputError
+from storage.export import (
+    FORMATS,
+    INTERPLM_FILE,
+    NEEDS_INDEX,
+    ExportBundle,
+    check_out_dir,
+    export_sae,
+    write_export,
+)
 
 
 @click.command()
@@ -30,17 +41,30 @@ from storage.export import FORMATS, INTERPLM_FILE, check_out_dir, write_export
 @json_option
 def export(sae_id: str, fmt: str, out_dir: str, validated_only: bool, workspace: str | None,
            as_json: bool) -> None:
-    """Export the labels of SAE_ID for a viewer: interplm, interprot, jsonl or html."""
+    """Export the labels of SAE_ID for a viewer: interplm, interprot, neuronpedia, jsonl or html."""
     ws = open_workspace(workspace)
     check_out_dir(out_dir)  # fail before reading thousands of examples
     with ws.db() as db, Progress(console=err_console, disable=not progress_enabled(),
                                  transient=True) as progress:
-        task = progress.add_task("Reading examples", total=None)
-        bundle = gather_bundle(ws, db, sae_id, fmt, validated_only=validated_only, warn=warn,
-                               advance=lambda: progress.advance(task))
-    if not bundle.features:
+        task = progress.add_task("Exporting", total=None)
+
+        def advance() -> None:
+            progress.advance(task)
+
+        if fmt == "html":
+            bundle = gather_bundle(ws, db, sae_id, fmt, validated_only=validated_only, warn=warn,
+                                   advance=advance)
+        else:
+            sae = export_sae(db, sae_id)  # an unknown SAE fails here, before anything is written
+            problem = index_problem(ws, sae_id) if fmt in NEEDS_INDEX else None
+            if problem:
+                raise InputError(f"--format {fmt} needs the SAE's example activations: {problem}")
+            features = stream_features(ws, db, sae_id, fmt, validated_only=validated_only, advance=advance)
+            # model_construct keeps the generator a generator (validation would read it into a list)
+            bundle = ExportBundle.model_construct(sae=sae, features=features, has_examples=fmt in NEEDS_INDEX)
+        result = write_export(bundle, fmt, out_dir)
+    if not result.n_features:
         warn(f"SAE {sae_id!r} has no {'validated ' if validated_only else ''}labels to export.")
-    result = write_export(bundle, fmt, out_dir)
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
@@ -51,6 +75,10 @@ def export(sae_id: str, fmt: str, out_dir: str, validated_only: bool, workspace:
         layer = "L" if bundle.sae.layer is None else bundle.sae.layer
         console.print(f"InterPLM reads it from its dashboard cache: copy {INTERPLM_FILE} into "
                       f"<dashboard_cache>/<name>/layer_{layer}/.",
+                      markup=False, highlight=False, soft_wrap=True)
+    elif fmt == "interprot":
+        console.print("InterProt shows the descriptions once SAEConfigs.plmlabel.ts is added to its "
+                      "viz/src/SAEConfigs.ts (see the file's first lines).",
                       markup=False, highlight=False, soft_wrap=True)
 
 

@@ -1,0 +1,1 @@
+export const NUM_SEQS_TO_DISPLAY = 9;
