@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,11 @@ from pydantic import BaseModel
 from storage.csv_safe import write_table
 from storage.db import Database, utcnow
 from storage.errors import InputError
-from storage.features_store import list_feature_stats
-from storage.labels import StoredLabel, list_labels
+from storage.features_store import feature_stats_of
+from storage.labels import StoredLabel, get_label
 from storage.paths import model_display_name
 from storage.saes import get_sae
+from storage.suggestions import Suggestion, list_suggestions
 
 FORMATS: tuple[str, ...] = ("interplm", "interprot", "jsonl", "html")
 MANIFEST_NAME = "plmlabel-export.json"
@@ -46,6 +47,15 @@ JSONL_FILE = "labels.jsonl"
 # InterProt's viewer shows the top sequences of each normalised-activation range, (start, end].
 INTERPROT_RANGES: tuple[tuple[float, float], ...] = ((0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1))
 INTERPROT_PER_RANGE = 12
+
+
+class ExportAnnotation(BaseModel):
+    """One Swiss-Prot sequence annotation of an example protein (1-based, inclusive)."""
+
+    type: str
+    start: int | None
+    end: int | None
+    description: str | None = None
 
 
 class ExportExample(BaseModel):
@@ -59,6 +69,18 @@ class ExportExample(BaseModel):
     max_activation: float
     normalized: float
     activations: list[float]
+    annotations: list[ExportAnnotation] = []  # Swiss-Prot tracks the HTML viewer draws
+    suggestions: list[Suggestion] = []  # `plmlabel suggest` rows about this protein (any feature)
+
+
+class ActivationHistogram(BaseModel):
+    """Per-protein max activation over the indexed proteins: `counts[i]` of those firing fall in
+    (edges[i], edges[i+1]] of the normalised max; `n_silent` proteins never fire."""
+
+    edges: list[float]
+    counts: list[int]
+    n_silent: int
+    n_proteins: int
 
 
 class ExportSae(BaseModel):
@@ -80,6 +102,9 @@ class ExportFeature(BaseModel):
     top_concepts: list[dict[str, Any]] = []
     n_active: int | None = None  # proteins of the index where the feature fires, when known
     examples: list[ExportExample] = []
+    frac_residues: float | None = None
+    histogram: ActivationHistogram | None = None
+    suggestions: list[Suggestion] = []  # `plmlabel suggest` rows of this feature, best first
 
 
 class ExportBundle(BaseModel):
@@ -99,24 +124,57 @@ class ExportResult(BaseModel):
 # --- reading ---------------------------------------------------------------------------------------
 def load_bundle(db: Database, sae_id: str, *, validated_only: bool = False) -> ExportBundle:
     """The SAE and its successful labels, with per-feature statistics; no examples yet."""
+    return ExportBundle(sae=export_sae(db, sae_id),
+                        features=list(iter_export_features(db, sae_id, validated_only=validated_only)))
+
+
+def export_sae(db: Database, sae_id: str) -> ExportSae:
+    """The header every export carries (NotFoundError for an unknown SAE)."""
     record = get_sae(db, sae_id)
     sae = ExportSae(**{key: getattr(record, key) for key in ExportSae.model_fields})
     sae.plm_model = model_display_name(sae.plm_model)  # never a local path in a file meant to be shared
-    stats = {row.feature: row for row in list_feature_stats(db, sae_id)}
-    features = []
-    labels = list_labels(db, sae_id, status="ok", validated=True if validated_only else None,
-                         with_predictions=True)
-    for label in labels:
-        row = stats.get(label.feature)
-        features.append(
-            ExportFeature(
+    return sae
+
+
+def count_export_features(db: Database, sae_id: str, *, validated_only: bool = False) -> int:
+    sql = "select count(*) from labels where sae_id = ? and status = 'ok'"
+    row = db.execute(sql + (" and validated = 1" if validated_only else ""), (sae_id,)).fetchone()
+    return int(row[0])
+
+
+def iter_export_features(db: Database, sae_id: str, *, validated_only: bool = False,
+                         batch_size: int = 200) -> Iterator[ExportFeature]:
+    """The successful labels of `sae_id` by feature, with statistics and suggestions, read
+    `batch_size` features at a time, so memory does not grow with the number of features."""
+    last = -1
+    while True:
+        sql = ("select feature from labels where sae_id = ? and status = 'ok' and feature > ?"
+               + (" and validated = 1" if validated_only else "") + " order by feature limit ?")
+        ids = [int(r[0]) for r in db.execute(sql, (sae_id, last, batch_size)).fetchall()]
+        if not ids:
+            return
+        stats = feature_stats_of(db, sae_id, ids)
+        suggestions: dict[int, list[Suggestion]] = {}
+        for s in _suggestions_of(db, sae_id, ids):
+            suggestions.setdefault(s.feature, []).append(s)
+        for feature in ids:
+            label = get_label(db, sae_id, feature, with_predictions=True)
+            if label is None or label.status != "ok":
+                continue  # relabeled meanwhile
+            row = stats.get(feature)
+            yield ExportFeature(
                 record=label,
                 max_activation=row.max_activation if row else None,
                 frac_proteins=row.frac_proteins if row else None,
+                frac_residues=row.frac_residues if row else None,
                 top_concepts=[dict(c) for c in row.top_concepts] if row else [],
+                suggestions=suggestions.get(feature, []),
             )
-        )
-    return ExportBundle(sae=sae, features=features)
+        last = ids[-1]
+
+
+def _suggestions_of(db: Database, sae_id: str, features: list[int]) -> list[Suggestion]:
+    return [s for f in features for s in list_suggestions(db, sae_id, f)]
 
 
 # --- shared pieces -----------------------------------------------------------------------------------
@@ -402,6 +460,9 @@ __all__ = [
     "ExportSae",
     "interprot_feature",
     "jsonl_line",
+    "count_export_features",
+    "export_sae",
+    "iter_export_features",
     "load_bundle",
     "render_interplm",
     "render_jsonl",

@@ -35,12 +35,13 @@ def export(sae_id: str, fmt: str, out_dir: str, validated_only: bool, workspace:
     check_out_dir(out_dir)  # fail before reading thousands of examples
     with ws.db() as db, Progress(console=err_console, disable=not progress_enabled(),
                                  transient=True) as progress:
-        task = progress.add_task("Reading examples", total=None)
+        task = progress.add_task("Exporting features", total=None)
         bundle = gather_bundle(ws, db, sae_id, fmt, validated_only=validated_only, warn=warn,
                                advance=lambda: progress.advance(task))
-    if not bundle.features:
-        warn(f"SAE {sae_id!r} has no {'validated ' if validated_only else ''}labels to export.")
-    result = write_export(bundle, fmt, out_dir)
+        progress.update(task, total=len(bundle.features))
+        if not len(bundle.features):
+            warn(f"SAE {sae_id!r} has no {'validated ' if validated_only else ''}labels to export.")
+        result = write_export(bundle, fmt, out_dir)  # features stream in while pages are written
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
