@@ -43,21 +43,25 @@ _EXAMPLE_KINDS = ("top", "quantile", "silent")
 
 
 def _annotations(protein: Protein) -> list[ExportAnnotation]:
-    return [ExportAnnotation(type=f.type, start=f.start, end=f.end, description=f.description or f.ligand)
+    # model_construct: these come from a validated Protein; validating again per example cost the most
+    return [ExportAnnotation.model_construct(type=f.type, start=f.start, end=f.end,
+                                             description=f.description or f.ligand)
             for f in protein.features]
 
 
 def _example(protein: Protein, kind: str, max_activation: float, normalized: float,
-             firing: list[tuple[int, float]], suggestions: list[Suggestion] | None = None) -> ExportExample:
+             firing: list[tuple[int, float]], suggestions: list[Suggestion] | None = None,
+             annotations: list[ExportAnnotation] | None = None) -> ExportExample:
     sequence = protein.sequence
     activations = [0.0] * len(sequence)
     for position, value in firing:
         if 1 <= position <= len(sequence):
             activations[position - 1] = float(value)
-    return ExportExample(
+    return ExportExample.model_construct(
         accession=protein.accession, name=protein.protein_name or protein.entry_name,
-        organism=protein.organism, sequence=sequence, kind=kind, max_activation=max_activation,
-        normalized=normalized, activations=activations, annotations=_annotations(protein),
+        organism=protein.organism, sequence=sequence, kind=kind, max_activation=float(max_activation),
+        normalized=float(normalized), activations=activations,
+        annotations=_annotations(protein) if annotations is None else annotations,
         suggestions=suggestions or [],
     )
 
@@ -81,15 +85,18 @@ def histogram(maxima: np.ndarray, max_activation: float, n_proteins: int,
                                n_silent=max(n_proteins - int(normalized.size), 0), n_proteins=n_proteins)
 
 
+_Cached = tuple[Protein, list[ExportAnnotation], list[Suggestion]]
+
+
 class ExampleReader:
     """Examples, histogram and firing counts of one SAE's features, straight from its index."""
 
     def __init__(self, ws: Workspace, db: Any, sae_id: str) -> None:
         self.db, self.sae_id = db, sae_id
         self.reader = open_index(ws, sae_id, record=get_sae(db, sae_id))
-        self._proteins: OrderedDict[str, tuple[Protein, list[Suggestion]]] = OrderedDict()
+        self._proteins: OrderedDict[str, _Cached] = OrderedDict()
 
-    def _load(self, accessions: list[str]) -> dict[str, tuple[Protein, list[Suggestion]]]:
+    def _load(self, accessions: list[str]) -> dict[str, _Cached]:
         missing = [a for a in dict.fromkeys(accessions) if a not in self._proteins]
         if missing:
             found = get_proteins(self.db, missing)
@@ -99,7 +106,8 @@ class ExampleReader:
                                     f"the database ({', '.join(gone[:3])}); rebuild with "
                                     f"`plmlabel index {self.sae_id}`.")
             for accession in missing:
-                self._proteins[accession] = (found[accession],
+                protein = found[accession]
+                self._proteins[accession] = (protein, _annotations(protein),
                                              list_suggestions(self.db, self.sae_id, accession=accession))
         out = {}
         for accession in accessions:
@@ -119,11 +127,11 @@ class ExampleReader:
         examples = []
         for slot in slots:
             positions, values = self.reader.residue_activations(f, slot.slot)
-            protein, suggestions = proteins[slot.accession]
+            protein, annotations, suggestions = proteins[slot.accession]
             examples.append(_example(protein, slot.kind, slot.max_activation,
                                      min(max(slot.max_activation / scale, 0.0), 1.0),
                                      list(zip((positions + 1).tolist(), values.tolist(), strict=True)),
-                                     suggestions))
+                                     suggestions, annotations))
         _, maxima, _ = self.reader.protein_maxima(f)
         feature.examples = examples
         feature.histogram = histogram(maxima, stats.max_activation, self.reader.n_proteins)

@@ -15,10 +15,10 @@ from storage.suggestions import Suggestion
 from storage.viewer_charts import firing_summary, histogram_svg, scatter_svg
 from storage.viewer_common import PAGE_CSP, Links, alphafold_url, esc, fmt, head, sae_line, uniprot_url
 from storage.viewer_trace import trace_html
-from storage.viewer_tracks import sequence_tracks_html
+from storage.viewer_tracks import TrackCache, sequence_tracks_html
 
 # Example sequences drawn in full per kind; the others of the kind are listed in one line each.
-SHOWN = {"top": 8, "quantile": 6, "silent": 3}
+SHOWN = {"top": 6, "quantile": 5, "silent": 2}
 KIND_TITLES = {
     "top": ("Top examples", "the proteins where the feature fires most strongly"),
     "quantile": ("Quantile examples", "proteins across the range of activation strengths"),
@@ -36,6 +36,7 @@ class PageContext:
     previous: int | None = None  # the feature before this one in the export (None: first)
     next: int | None = None
     has_examples: bool = True  # False: no activation index was read
+    track_cache: TrackCache | None = None  # a dict shared across pages: each protein's lanes laid out once
 
 
 def _protein_links(accession: str) -> str:
@@ -82,7 +83,8 @@ def _examples_section(feature: ExportFeature, context: PageContext) -> str:
                      f"{esc(meaning)})</span></h3>")
         for ex in drawn:
             parts.append(f"<div class=\"example {kind}\">{_example_head(ex)}"
-                         f"{sequence_tracks_html(ex, scale)}{_protein_suggestions(ex)}</div>")
+                         f"{sequence_tracks_html(ex, scale, context.track_cache)}"
+                         f"{_protein_suggestions(ex)}</div>")
         if rest:
             items = "".join(f"<li><b>{esc(ex.accession)}</b> {esc(ex.name)} <span class=\"muted\">max "
                             f"{ex.max_activation:.3g}</span> {_protein_links(ex.accession)}</li>"

@@ -26,10 +26,11 @@ def write_site(sae: ExportSae, features: Iterable[ExportFeature], folder: Path, 
     files: list[str] = []
     n_features = n_validated = 0
     spool_path = folder / _SPOOL
+    track_cache: dict = {}
 
     def flush(feature: ExportFeature, previous: int | None, following: int | None) -> None:
         context = PageContext(sae=sae, links=links, previous=previous, next=following,
-                              has_examples=has_examples)
+                              has_examples=has_examples, track_cache=track_cache)
         name = f"{FEATURES_DIR}/{feature.record.feature}.html"
         (folder / name).write_text(render_feature_page(feature, context), encoding="utf-8")
         files.append(name)

@@ -9,6 +9,7 @@ bar only as far as it is printable ASCII and fits; the full text is the bar's to
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from storage.export import ExportAnnotation, ExportExample
@@ -35,7 +36,7 @@ _SITE_GLYPH = {"Active site": "A", "Binding site": "B", "Site": "S", "Modified r
                "Glycosylation": "G", "Lipidation": "L", "Disulfide bond": "C", "Cross-link": "X",
                "Non-standard residue": "U"}
 _SS_GLYPH = {"Helix": "=", "Beta strand": ">", "Turn": "^"}
-_SS_CLASS = {"Helix": "ss h", "Beta strand": "ss e", "Turn": "ss t"}
+_SS_CLASS = {"Helix": "h", "Beta strand": "e", "Turn": "t"}  # drawn without tooltips: pages stay small
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,10 @@ def _lane_line(lane: list[Bar], lo: int, hi: int) -> str:
             out.append(" " * (s - pos))
         offset = s - bar.start  # a bar wrapped from the line above continues its text
         cells = (bar.text[offset:offset + e - s + 1] if len(bar.text) > offset else "").ljust(e - s + 1)
-        out.append(f"<span class=\"{bar.css}\" title=\"{esc(bar.tip)}\">{esc(cells)}</span>")
+        if bar.css in ("h", "e", "t"):
+            out.append(f"<i class=\"{bar.css}\">{esc(cells)}</i>")
+        else:
+            out.append(f"<span class=\"{bar.css}\" title=\"{esc(bar.tip)}\">{esc(cells)}</span>")
         pos = e + 1
     return "".join(out)
 
@@ -127,22 +131,19 @@ def _ruler(lo: int, hi: int) -> str:
     return "".join(cells)
 
 
-def _residues(sequence: str, activations: list[float], lo: int, hi: int, scale: float) -> str:
-    parts, plain = [], []
-    for position in range(lo, hi + 1):
-        residue = sequence[position - 1]
-        value = activations[position - 1] if position <= len(activations) else 0.0
-        if value > 0:
-            if plain:
-                parts.append(esc("".join(plain)))
-                plain = []
-            level = max(1, min(10, int(10 * value / scale + 0.999))) if scale > 0 else 10
-            parts.append(f"<span class=\"lv{level}\" title=\"{esc(residue)}{position}: {value:.3g}\">"
-                         f"{esc(residue)}</span>")
-        else:
-            plain.append(residue)
-    if plain:
-        parts.append(esc("".join(plain)))
+def _residues(sequence: str, activations: list[float], firing: list[int], lo: int, hi: int,
+              scale: float) -> str:
+    """Residues lo..hi; the firing ones (1-based positions in `firing`, ascending) shaded in tenths."""
+    parts, at = [], lo
+    for position in firing[bisect_left(firing, lo):bisect_right(firing, hi)]:
+        if position > at:
+            parts.append(esc(sequence[at - 1:position - 1]))
+        residue, value = esc(sequence[position - 1]), activations[position - 1]
+        level = max(1, min(10, int(10 * value / scale + 0.999))) if scale > 0 else 10
+        parts.append(f"<b class=\"l{level}\" title=\"{residue}{position}: {value:.3g}\">{residue}</b>")
+        at = position + 1
+    if at <= hi:
+        parts.append(esc(sequence[at - 1:hi]))
     return "".join(parts)
 
 
@@ -156,20 +157,17 @@ def shown_range(example: ExportExample) -> tuple[int, int]:
     return lo, min(length, lo + WINDOW - 1)
 
 
-def sequence_tracks_html(example: ExportExample, scale: float) -> str:
-    """The ruler, residues and tracks of one example, as <div class="tracks"> of aligned lines."""
+def _track_rows(example: ExportExample, lo: int, hi: int) -> list[str]:
+    """Per line of ROW residues from lo to hi: the ruler and the annotation lanes under the residues."""
     length = len(example.sequence)
-    lo, hi = shown_range(example)
     tracks = [(name, _lanes(_annotation_bars(example.annotations, types, css, length)))
               for name, css, types in TRACKS]
     tracks.append(("Suggested", _lanes(_suggestion_bars(example.suggestions, length))))
     tracks = [(name, lanes) for name, lanes in tracks if lanes]
-    lines = []
+    rows = []
     for row_lo in range(lo, hi + 1, ROW):
         row_hi = min(hi, row_lo + ROW - 1)
-        lines.append(f"<div class=\"ruler\">{' ' * GUTTER}{_ruler(row_lo, row_hi)}</div>")
-        lines.append(f"<div class=\"res\">{_gutter('')}"
-                     f"{_residues(example.sequence, example.activations, row_lo, row_hi, scale)}</div>")
+        lines = []
         for name, lanes in tracks:
             named = False
             for lane in lanes:
@@ -177,6 +175,40 @@ def sequence_tracks_html(example: ExportExample, scale: float) -> str:
                 if body:
                     lines.append(f"<div class=\"lane\">{_gutter('' if named else name)}{body}</div>")
                     named = True
+        rows.append("".join(lines))
+    return rows
+
+
+TrackCache = dict[tuple, list[str]]
+_CACHE_LIMIT = 4096
+
+
+def sequence_tracks_html(example: ExportExample, scale: float, cache: TrackCache | None = None) -> str:
+    """The ruler, residues and tracks of one example, as <div class="tracks"> of aligned lines.
+
+    The annotation lanes depend only on the protein (and its suggestions), not on the feature: a writer
+    of many pages passes a `cache` dict so each protein's lanes are laid out once.
+    """
+    length = len(example.sequence)
+    lo, hi = shown_range(example)
+    key = (example.accession, length, lo, hi, len(example.annotations),
+           tuple((s.feature, s.concept, s.residues) for s in example.suggestions))
+    rows = cache.get(key) if cache is not None else None
+    if rows is None:
+        rows = _track_rows(example, lo, hi)
+        if cache is not None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[key] = rows
+    firing = [i + 1 for i, v in enumerate(example.activations) if v > 0]
+    lines = []
+    for row_lo, lanes in zip(range(lo, hi + 1, ROW), rows, strict=True):
+        row_hi = min(hi, row_lo + ROW - 1)
+        lines.append(f"<div class=\"ruler\">{' ' * GUTTER}{_ruler(row_lo, row_hi)}</div>")
+        lines.append(f"<div class=\"res\">{_gutter('')}"
+                     f"{_residues(example.sequence, example.activations, firing, row_lo, row_hi, scale)}"
+                     "</div>")
+        lines.append(lanes)
         lines.append("<div class=\"gap\"></div>")
     note = "" if (lo, hi) == (1, length) else (
         f"<p class=\"muted\">Residues {lo}-{hi} of {length}, around the peak.</p>")

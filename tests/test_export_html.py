@@ -90,7 +90,7 @@ def test_feature_page_shows_scores_examples_and_scatter(bundle):  # noqa: F811
     assert re.search(r'<text class="n" [^>]*>2</text>', page) and "2 protein(s)" in page
     first = bundle.features[0].examples[0]
     # residues 10-12 of the top example are shaded by activation / the feature's max (2.5), in tenths
-    shaded = re.findall(r'<span class="lv(\d+)" title="(\w)(\d+): ([0-9.]+)">', page)
+    shaded = re.findall(r'<b class="l(\d+)" title="(\w)(\d+): ([0-9.]+)">', page)
     assert shaded[:3] == [("6", first.sequence[9], "10", "1.5"), ("10", first.sequence[10], "11", "2.5"),
                           ("3", first.sequence[11], "12", "0.75")]
     assert first.accession in page and "Homo sapiens" in page
@@ -211,7 +211,7 @@ def test_tracks_are_aligned_under_the_ruler_and_residues():
     assert helix[GUTTER + 2:GUTTER + 8] == "======"
     assert all(len(line) <= GUTTER + ROW for line in first_row)
     assert 'title="Domain 5-64: Zinc finger C2H2-type"' in out
-    assert '<span class="lv10" title="A12: 2">A</span>' in out  # residue 12 is A, firing at the max
+    assert '<b class="l10" title="A12: 2">A</b>' in out  # residue 12 is A, firing at the max
 
 
 def test_long_sequences_show_a_window_around_the_peak():
