@@ -11,6 +11,7 @@ proteins, which recur across features).
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -178,6 +179,18 @@ class FeatureStream:
                 yield feature
         if self.problems and self.warn:
             self.warn(f"{len(self.problems)} feature(s) have no examples ({self.problems[0].rstrip('.')}).")
+
+
+def load_export_feature(ws: Workspace, db: Any, sae_id: str, feature: int, *,
+                        reader: ExampleReader | None = None) -> ExportFeature | None:
+    """One labeled feature as its page shows it (examples from the index when it can be read), or None
+    when the feature has no ok label. `serve` passes a long-lived `reader` (it caches proteins)."""
+    found = next(iter_export_features(db, sae_id, only=[int(feature)]), None)
+    if found is None:
+        return None
+    with contextlib.suppress(PlmlabelError):  # the page then says there are no examples
+        (reader or ExampleReader(ws, db, sae_id)).fill(found)
+    return found
 
 
 def attach_examples(ws: Workspace, db: Any, bundle: ExportBundle,

@@ -142,14 +142,25 @@ def count_export_features(db: Database, sae_id: str, *, validated_only: bool = F
     return int(row[0])
 
 
+def neighbour_features(db: Database, sae_id: str, feature: int, *,
+                       validated_only: bool = False) -> tuple[int | None, int | None]:
+    """The labeled features just before and after `feature` (what a page's previous/next link to)."""
+    where = "sae_id = ? and status = 'ok'" + (" and validated = 1" if validated_only else "")
+    before = db.execute(f"select max(feature) from labels where {where} and feature < ?", (sae_id, feature))
+    after = db.execute(f"select min(feature) from labels where {where} and feature > ?", (sae_id, feature))
+    return before.fetchone()[0], after.fetchone()[0]
+
+
 def iter_export_features(db: Database, sae_id: str, *, validated_only: bool = False,
-                         batch_size: int = 200) -> Iterator[ExportFeature]:
-    """The successful labels of `sae_id` by feature, with statistics and suggestions, read
-    `batch_size` features at a time, so memory does not grow with the number of features."""
+                         batch_size: int = 200, only: list[int] | None = None) -> Iterator[ExportFeature]:
+    """The successful labels of `sae_id` by feature (of `only`, when given), with statistics and
+    suggestions, read `batch_size` features at a time, so memory does not grow with their number."""
     last = -1
     while True:
         sql = ("select feature from labels where sae_id = ? and status = 'ok' and feature > ?"
-               + (" and validated = 1" if validated_only else "") + " order by feature limit ?")
+               + (" and validated = 1" if validated_only else "")
+               + (f" and feature in ({','.join(str(int(f)) for f in only)})" if only is not None else "")
+               + " order by feature limit ?")
         ids = [int(r[0]) for r in db.execute(sql, (sae_id, last, batch_size)).fetchall()]
         if not ids:
             return
@@ -463,6 +474,7 @@ __all__ = [
     "count_export_features",
     "export_sae",
     "iter_export_features",
+    "neighbour_features",
     "load_bundle",
     "render_interplm",
     "render_jsonl",

@@ -338,3 +338,16 @@ def test_export_cli_reads_examples_histogram_and_tracks_from_the_index(swissprot
     assert result.exit_code == 0, result.stderr
     viz = json.loads((tmp_path / "viz" / "0.json").read_text())
     assert viz["n_seqs"] > 0 and sum(len(r["examples"]) for r in viz["ranges"].values()) > 0
+    # what `serve` calls for one page: the same feature, the same neighbours
+    from agent.export_bundle import load_export_feature
+    from storage.export import export_sae, neighbour_features
+
+    with ws.db() as db:
+        one = load_export_feature(ws, db, "planted", 1)
+        assert load_export_feature(ws, db, "planted", 5) is None  # no label
+        assert neighbour_features(db, "planted", 1) == (0, 2)
+        assert neighbour_features(db, "planted", 0, validated_only=True) == (None, 1)
+        context = PageContext(sae=export_sae(db, "planted"), links=Links.static_from_feature_page(),
+                              previous=0, next=2)
+    assert one is not None and one.examples and one.histogram is not None
+    assert render_feature_page(one, context) == zf
