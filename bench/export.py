@@ -166,8 +166,13 @@ def build_workspace(root: Path, n_features: int, seed: int = 0) -> int:
 
 def child(root: Path, out: Path) -> None:
     """Run the export command in this fresh process and print its figures as JSON."""
+    import agent.cli.export_cmd  # noqa: F401  (what the command imports belongs to the baseline)
+    import agent.export_bundle  # noqa: F401
+    import sae.model  # noqa: F401  (torch: the index check hashes the SAE's weights)
+    import storage.viewer_site  # noqa: F401
     from agent.cli import cli
 
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     import_cpu = time.process_time()
     started = time.perf_counter()
     cli.main(args=["export", SAE_ID, "--format", "html", "--out", str(out), "--workspace", str(root)],
@@ -178,6 +183,7 @@ def child(root: Path, out: Path) -> None:
     index = (out / "index.html").stat().st_size
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "peak_rss_mb": round(peak),
+                      "baseline_rss_mb": round(baseline),
                       "mb_written": round(written / 1e6, 1),
                       "index_html_mb": round(index / 1e6, 2), "files": sum(1 for _ in out.rglob("*.html"))}))
 
@@ -211,11 +217,12 @@ def main() -> None:
         row = {"features": n_features, **json.loads(done.stdout.strip().splitlines()[-1])}
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    print(f"{'features':>8} {'seconds':>8} {'CPU s':>7} {'peak RSS MB':>12} {'MB written':>11} "
-          f"{'index.html MB':>14} {'s/1k feat':>10}")
+    print(f"{'features':>8} {'seconds':>8} {'CPU s':>7} {'peak RSS MB':>12} {'after imports':>14} "
+          f"{'MB written':>11} {'index.html MB':>14} {'s/1k feat':>10}")
     for r in rows:
         print(f"{r['features']:>8} {r['seconds']:>8} {r['cpu_seconds']:>7} {r['peak_rss_mb']:>12} "
-              f"{r['mb_written']:>11} {r['index_html_mb']:>14} {1000 * r['seconds'] / r['features']:>10.1f}")
+              f"{r.get('baseline_rss_mb', '-'):>14} {r['mb_written']:>11} {r['index_html_mb']:>14} "
+              f"{1000 * r['seconds'] / r['features']:>10.1f}")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         print(f"ratio {b['features']}/{a['features']}: time x{b['seconds'] / a['seconds']:.1f}, "

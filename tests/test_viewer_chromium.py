@@ -292,3 +292,34 @@ def test_ten_thousand_rows_are_paged_and_searched_in_full(tmp_path, browser):
     assert browser.evaluate("document.getElementById('count').textContent") == f"{matching} of 10240 features"
     assert browser.evaluate("document.getElementById('page').textContent") == "page 1 of 4"
     assert browser.evaluate("location.hash") == "#q=label+17"  # a new search starts at page 1
+
+
+def test_payloads_in_a_trace_suggestion_and_annotation_stay_text(bundle, tmp_path, profile):  # noqa: F811
+    import json
+
+    from storage.export import ExportAnnotation
+    from storage.export_html import render_feature
+    from storage.suggestions import Evidence, Suggestion
+
+    payload = "<img src=x onerror=\"document.title='pwned'\" id=\"pwned-x\">"
+    feature = bundle.features[0]
+    trace = {"version": 1, "oneshot": {"label": payload, "description": payload, "validation_r": 0.1},
+             "steps": [{"kind": "tool", "tool": payload, "args": {"q": payload}, "summary": payload,
+                        "ok": True},
+                       {"kind": "note", "text": payload}, {"kind": payload}],
+             "committed": {"label": payload, "description": payload, "source": payload},
+             "stopped": payload, "reason": payload, "agent": payload}
+    suggestion = Suggestion(sae_id="demo", feature=3, accession=feature.examples[0].accession,
+                            concept=payload, kind="residue", residues=((2, 5),), activation=1.0,
+                            normalized=0.5, evidence=Evidence(f1=0.5), rank_score=0.5)
+    example = feature.examples[0].model_copy(update={
+        "annotations": [ExportAnnotation(type="Domain", start=1, end=30, description=payload)],
+        "suggestions": [suggestion], "name": payload, "organism": payload})
+    record = feature.record.model_copy(update={"trace": json.dumps(trace)})
+    page = tmp_path / "3.html"
+    page.write_text(render_feature(bundle, feature.model_copy(update={
+        "record": record, "suggestions": [suggestion], "examples": [example, *feature.examples[1:]]})))
+    dom = dump_dom(page.as_uri(), profile)
+    assert title(dom).startswith("Feature 3: ")
+    assert_no_payload_elements(dom)
+    assert dom.count("&lt;img src=x onerror=") >= 10  # each shown as text
