@@ -42,7 +42,12 @@ def build_workspace(root: Path, n_features: int, seed: int = 0) -> int:
 
     from sae.index_store import KIND_HELDOUT, KIND_QUANTILE, KIND_SILENT, KIND_TOP, KIND_VALIDATION
     from sae.model import create_sae, install_sae, weights_hash
-    from storage.features_store import FeatureStats, write_feature_stats
+    from storage.features_store import (
+        FeatureConcept,
+        FeatureStats,
+        write_feature_concepts,
+        write_feature_stats,
+    )
     from storage.protein import Protein
     from storage.proteins import import_proteins
     from storage.saes import SaeRecord, record_sae
@@ -81,7 +86,7 @@ def build_workspace(root: Path, n_features: int, seed: int = 0) -> int:
     ex_kind = np.tile(np.array(kinds, np.int8), (n_features, 1))
     ex_value = np.zeros((n_features, n_slots), np.float32)
     r_indptr, r_pos, r_val = [0], [], []
-    stats = []
+    stats, concepts = [], []
     for f in range(n_features):
         firing = np.sort(rng.choice(n, size=max(2, int(n * rng.uniform(0.01, 0.6))), replace=False))
         values = rng.gamma(2.0, 1.0, size=firing.size).astype(np.float32)
@@ -113,10 +118,10 @@ def build_workspace(root: Path, n_features: int, seed: int = 0) -> int:
         r_indptr.extend([r_indptr[-1]] * (n_slots - len(chosen[:n_slots])))
         stats.append(FeatureStats(
             sae_id=SAE_ID, feature=f, max_activation=top, frac_residues=float(n_fire_r[f]) / lengths.sum(),
-            frac_proteins=firing.size / n, quantiles=tuple(float(q) for q in quantiles[f]),
-            top_concepts=tuple({"concept": f"Domain:Synthetic {f % 97}-{i}", "kind": "region",
-                                "f1_test": 0.8 - 0.2 * i, "precision_test": 0.7, "recall_test": 0.6,
-                                "threshold": 0.3} for i in range(3))))
+            frac_proteins=firing.size / n, quantiles=tuple(float(q) for q in quantiles[f])))
+        concepts += [FeatureConcept(feature=f, concept=f"Domain:Synthetic {f % 97}-{i}", rank=i + 1,
+                                    threshold=0.3, f1_valid=0.8 - 0.2 * i, f1_test=0.8 - 0.2 * i,
+                                    precision_test=0.7, recall_test=0.6, kind="region") for i in range(3)]
     folder = ws.index_path(SAE_ID)
     folder.mkdir(parents=True)
     arrays = {
@@ -137,6 +142,7 @@ def build_workspace(root: Path, n_features: int, seed: int = 0) -> int:
     accessions = [p.accession for p in proteins]
     with ws.db() as db:
         write_feature_stats(db, stats)
+        write_feature_concepts(db, SAE_ID, concepts, n_features)
         labels, predictions = [], []
         for f in range(n_features):
             labels.append({"sae_id": SAE_ID, "feature": f, "status": "ok", "label": f"Synthetic label {f}",

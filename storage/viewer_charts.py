@@ -43,12 +43,12 @@ def histogram_svg(histogram: ActivationHistogram | None, max_activation: float |
             f"<title>{count} protein(s): {esc(what)}</title></rect>"
         )
     axis = (
-        f"<text x=\"{pad + bar_w / 2:.1f}\" y=\"{height - pad + 13}\" text-anchor=\"middle\">0</text>"
+        f"<text x=\"{pad + bar_w / 2:.1f}\" y=\"{height - pad + 13}\" text-anchor=\"middle\">off</text>"
         f"<text x=\"{pad + gap + bar_w:.1f}\" y=\"{height - pad + 13}\" text-anchor=\"start\">0</text>"
         f"<text x=\"{width - pad:.1f}\" y=\"{height - pad + 13}\" text-anchor=\"end\">"
         f"{esc(fmt(max_activation, 3)) if max_activation is not None else '1'}</text>"
         f"<text x=\"{width / 2:.0f}\" y=\"{height - 4}\" text-anchor=\"middle\">per-protein max activation "
-        "(first bar: silent)</text>"
+        "(grey: never fires)</text>"
         f"<text x=\"{pad - 4}\" y=\"{pad + 4}\" text-anchor=\"end\">{top}</text>"
         f"<text x=\"{pad - 4}\" y=\"{height - pad}\" text-anchor=\"end\">0</text>"
     )

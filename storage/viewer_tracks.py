@@ -127,7 +127,8 @@ def _ruler(lo: int, hi: int) -> str:
     cells = []
     for p in range(lo, hi + 1, 10):
         width = min(10, hi - p + 1)
-        cells.append(str(p)[:width].ljust(width))
+        label = str(p) if len(str(p)) < width or width == 10 else ""  # no cut-off numbers at the end
+        cells.append(label.ljust(width))
     return "".join(cells)
 
 
