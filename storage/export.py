@@ -32,16 +32,26 @@ from pydantic import BaseModel
 
 from storage.db import Database, utcnow
 from storage.errors import InputError
-from storage.features_store import get_feature_stats, list_feature_stats
-from storage.labels import StoredLabel, get_label, list_labels
+from storage.features_store import feature_stats_of
+from storage.labels import StoredLabel, get_label
 from storage.paths import model_display_name
 from storage.saes import get_sae
+from storage.suggestions import Suggestion, list_suggestions
 
 FORMATS: tuple[str, ...] = ("interplm", "interprot", "neuronpedia", "jsonl", "html")
 WITH_EXAMPLES: tuple[str, ...] = ("interprot", "neuronpedia", "html")  # the others are label tables
 NEEDS_INDEX: tuple[str, ...] = ("interprot", "neuronpedia")  # their viewers show nothing without examples
 MANIFEST_NAME = "plmlabel-export.json"
 INTERPLM_FILE = "LLM_Autointerp.csv"  # kept here: the CLI names it
+
+
+class ExportAnnotation(BaseModel):
+    """One Swiss-Prot sequence annotation of an example protein (1-based, inclusive)."""
+
+    type: str
+    start: int | None
+    end: int | None
+    description: str | None = None
 
 
 class ExportExample(BaseModel):
@@ -59,6 +69,18 @@ class ExportExample(BaseModel):
     # residue only for the feature's example and held-out proteins): `activations` is then zero
     # except at the peak.
     all_residues: bool = True
+    annotations: list[ExportAnnotation] = []  # Swiss-Prot tracks the HTML viewer draws
+    suggestions: list[Suggestion] = []  # `plmlabel suggest` rows about this protein (any feature)
+
+
+class ActivationHistogram(BaseModel):
+    """Per-protein max activation over the indexed proteins: `counts[i]` of those firing fall in
+    (edges[i], edges[i+1]] of the normalised max; `n_silent` proteins never fire."""
+
+    edges: list[float]
+    counts: list[int]
+    n_silent: int
+    n_proteins: int
 
 
 class ExportSae(BaseModel):
@@ -80,6 +102,9 @@ class ExportFeature(BaseModel):
     top_concepts: list[dict[str, Any]] = []
     n_active: int | None = None  # proteins of the index where the feature fires, when known
     examples: list[ExportExample] = []
+    frac_residues: float | None = None
+    histogram: ActivationHistogram | None = None
+    suggestions: list[Suggestion] = []  # `plmlabel suggest` rows of this feature, best first
 
 
 class ExportBundle(BaseModel):
@@ -99,24 +124,8 @@ class ExportResult(BaseModel):
 # --- reading ---------------------------------------------------------------------------------------
 def load_bundle(db: Database, sae_id: str, *, validated_only: bool = False) -> ExportBundle:
     """The SAE and its successful labels, with per-feature statistics; no examples yet."""
-    record = get_sae(db, sae_id)
-    sae = ExportSae(**{key: getattr(record, key) for key in ExportSae.model_fields})
-    sae.plm_model = model_display_name(sae.plm_model)  # never a local path in a file meant to be shared
-    stats = {row.feature: row for row in list_feature_stats(db, sae_id)}
-    features = []
-    labels = list_labels(db, sae_id, status="ok", validated=True if validated_only else None,
-                         with_predictions=True)
-    for label in labels:
-        row = stats.get(label.feature)
-        features.append(
-            ExportFeature(
-                record=label,
-                max_activation=row.max_activation if row else None,
-                frac_proteins=row.frac_proteins if row else None,
-                top_concepts=[dict(c) for c in row.top_concepts] if row else [],
-            )
-        )
-    return ExportBundle(sae=sae, features=features)
+    return ExportBundle(sae=export_sae(db, sae_id),
+                        features=list(iter_export_features(db, sae_id, validated_only=validated_only)))
 
 
 def export_sae(db: Database, sae_id: str) -> ExportSae:
@@ -127,26 +136,57 @@ def export_sae(db: Database, sae_id: str) -> ExportSae:
     return sae
 
 
-def iter_export_features(db: Database, sae_id: str, *, validated_only: bool = False, batch_size: int = 500,
+def count_export_features(db: Database, sae_id: str, *, validated_only: bool = False) -> int:
+    sql = "select count(*) from labels where sae_id = ? and status = 'ok'"
+    row = db.execute(sql + (" and validated = 1" if validated_only else ""), (sae_id,)).fetchone()
+    return int(row[0])
+
+
+def neighbour_features(db: Database, sae_id: str, feature: int, *,
+                       validated_only: bool = False) -> tuple[int | None, int | None]:
+    """The labeled features just before and after `feature` (what a page's previous/next link to)."""
+    where = "sae_id = ? and status = 'ok'" + (" and validated = 1" if validated_only else "")
+    before = db.execute(f"select max(feature) from labels where {where} and feature < ?", (sae_id, feature))
+    after = db.execute(f"select min(feature) from labels where {where} and feature > ?", (sae_id, feature))
+    return before.fetchone()[0], after.fetchone()[0]
+
+
+def iter_export_features(db: Database, sae_id: str, *, validated_only: bool = False,
+                         batch_size: int = 200, only: list[int] | None = None,
                          with_predictions: bool = True) -> Iterator[ExportFeature]:
-    """The successful labels of `sae_id` by feature, with their statistics, read `batch_size` ids at a
-    time and one label at a time, so memory does not grow with the number of features."""
-    sql = ("select feature from labels where sae_id = ? and status = 'ok' and feature > ?"
-           + (" and validated = 1" if validated_only else "") + " order by feature limit ?")
+    """The successful labels of `sae_id` by feature (of `only`, when given), with statistics and
+    suggestions, read `batch_size` features at a time, so memory does not grow with their number."""
     last = -1
-    while ids := [int(row[0]) for row in db.execute(sql, (sae_id, last, batch_size)).fetchall()]:
+    while True:
+        sql = ("select feature from labels where sae_id = ? and status = 'ok' and feature > ?"
+               + (" and validated = 1" if validated_only else "")
+               + (f" and feature in ({','.join(str(int(f)) for f in only)})" if only is not None else "")
+               + " order by feature limit ?")
+        ids = [int(r[0]) for r in db.execute(sql, (sae_id, last, batch_size)).fetchall()]
+        if not ids:
+            return
+        stats = feature_stats_of(db, sae_id, ids)
+        suggestions: dict[int, list[Suggestion]] = {}
+        for s in _suggestions_of(db, sae_id, ids):
+            suggestions.setdefault(s.feature, []).append(s)
         for feature in ids:
             label = get_label(db, sae_id, feature, with_predictions=with_predictions)
             if label is None or label.status != "ok":
                 continue  # relabeled meanwhile
-            row = get_feature_stats(db, sae_id, feature)
+            row = stats.get(feature)
             yield ExportFeature(
                 record=label,
                 max_activation=row.max_activation if row else None,
                 frac_proteins=row.frac_proteins if row else None,
+                frac_residues=row.frac_residues if row else None,
                 top_concepts=[dict(c) for c in row.top_concepts] if row else [],
+                suggestions=suggestions.get(feature, []),
             )
         last = ids[-1]
+
+
+def _suggestions_of(db: Database, sae_id: str, features: list[int]) -> list[Suggestion]:
+    return [s for f in features for s in list_suggestions(db, sae_id, f)]
 
 
 # --- shared pieces -----------------------------------------------------------------------------------
@@ -378,8 +418,10 @@ __all__ = [
     "ExportSae",
     "NEEDS_INDEX",
     "WITH_EXAMPLES",
+    "count_export_features",
     "export_sae",
     "iter_export_features",
+    "neighbour_features",
     "label_fields",
     "load_bundle",
     "check_out_dir",

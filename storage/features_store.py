@@ -105,6 +105,14 @@ def list_feature_stats(db: Database, sae_id: str) -> list[FeatureStats]:
     return [_stats_from_row(row) for row in rows]
 
 
+def feature_stats_of(db: Database, sae_id: str, features: Sequence[int]) -> dict[int, FeatureStats]:
+    """The stored statistics of some features of `sae_id`, by feature (absent ones left out)."""
+    marks = ",".join("?" * len(features))
+    rows = db.query(f"select * from sae_features where sae_id = ? and feature in ({marks})",
+                    (sae_id, *(int(f) for f in features)))
+    return {row["feature"]: _stats_from_row(row) for row in rows}
+
+
 def delete_feature_stats(db: Database, sae_id: str) -> None:
     """Forget every feature row of `sae_id` (both tables), e.g. before re-indexing another SAE file."""
     with db.transaction():

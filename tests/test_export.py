@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import csv
-import hashlib
-import html
 import io
 import json
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,11 +22,10 @@ from storage.export import (
     load_bundle,
     write_export,
 )
-from storage.export_html import json_for_script, render_feature, render_index
 from storage.export_interplm import interplm_row
 from storage.protein import Protein
 from storage.workspace import Workspace
-from tests.test_query import LABELS, PAYLOAD_DESCRIPTION, PAYLOAD_LABEL, PROVENANCE, seed_labels
+from tests.test_query import LABELS, PAYLOAD_DESCRIPTION, PROVENANCE, seed_labels
 
 # (accession offset in sprot_sample.json, kind, normalised max, firing residues as (position, value))
 EXAMPLE_PLAN = [
@@ -239,74 +234,6 @@ def test_no_run_arguments_or_keys_leave_the_database(seeded, cli, exports, monke
         for path in (exports / fmt).rglob("*"):
             if path.is_file():
                 assert "sk-secret-123" not in path.read_text()
-
-
-# --- html ----------------------------------------------------------------------------------------------
-def test_json_for_script_cannot_close_the_script():
-    text = json_for_script({"a": "</script><!-- & \u2028\u2029 >"})
-    assert text == '{"a":"\\u003c/script\\u003e\\u003c!-- \\u0026 \\u2028\\u2029 \\u003e"}'
-    assert json.loads(text) == {"a": "</script><!-- & \u2028\u2029 >"}
-
-
-def test_html_export_is_self_contained_and_escaped(bundle, exports):
-    write_export(bundle, "html", exports / "site")
-    site = exports / "site"
-    assert sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()) == [
-        "features/11.html", "features/20.html", "features/3.html", "features/7.html", "index.html",
-        MANIFEST_NAME,
-    ]
-    for page in site.rglob("*.html"):
-        text = page.read_text()
-        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text.replace(
-            'href="https://www.uniprot.org/uniprotkb/', "")), page  # nothing loaded from the network
-        assert "<link" not in text and "@import" not in text and "url(" not in text
-        assert "<script>document.title" not in text
-        assert 'id="pwned' not in text
-    index = (site / "index.html").read_text()
-    data_json = re.search(r'<script type="application/json" id="plmlabel-data">(.*?)</script>', index, re.S)
-    assert data_json and "<" not in data_json.group(1) and "&" not in data_json.group(1)
-    data = json.loads(data_json.group(1))
-    assert [row["feature"] for row in data["features"]] == [3, 7, 11, 20]
-    assert data["features"][3]["description"] == PAYLOAD_DESCRIPTION
-    # the Content-Security-Policy allows exactly the viewer's own script
-    script = re.search(r"<script>(.*?)</script>", index, re.S).group(1)
-    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    assert f"script-src 'sha256-{digest}'" in index
-    assert "innerHTML" not in script
-    page = (site / "features" / "20.html").read_text()
-    assert "&lt;/script&gt;&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in page
-    assert "&lt;img src=x onerror=&quot;document.title=&#x27;pwned&#x27;&quot;" in page
-    assert html.escape(PAYLOAD_LABEL) in page
-    assert "script-src" not in page and "<script" not in page  # feature pages run no script at all
-
-
-def test_html_feature_page_shows_scores_examples_and_scatter(bundle):
-    page = render_feature(bundle, bundle.features[0])
-    assert "<title>Feature 3: Zinc finger C2H2 cysteine (demo)</title>" in page
-    assert '<span class="badge ok">validated</span>' in page
-    assert "Pearson r<b>0.82</b>" in page and "held-out<b>10</b>" in page
-    assert page.count("<circle ") == 10  # one dot per held-out protein
-    assert "Swiss-Prot: Zinc finger:C2H2-type <span class=\"muted\">F1 0.71</span>" in page
-    first = bundle.features[0].examples[0]
-    # residues 10-12 of the top example are shaded by activation / the feature's max (2.5)
-    shaded = re.findall(r'<span style="background:rgba\(207,34,46,([0-9.]+)\)" title="(\w)(\d+): ([0-9.]+)">',
-                        page)
-    assert shaded[:3] == [("0.60", first.sequence[9], "10", "1.5"), ("1.00", first.sequence[10], "11", "2.5"),
-                          ("0.30", first.sequence[11], "12", "0.75")]
-    assert first.accession in page and "Homo sapiens" in page
-    assert bundle.features[0].examples[-1].accession not in page  # silent examples are not shown
-    assert "explain_prompt_version</dt><dd>a1b2c3d4" in page
-    assert "per-residue" not in page  # no per-residue pass ran: no empty field
-    feature = bundle.features[0]
-    record = feature.record.model_copy(update={"residue_pearson": 0.61})
-    with_pass = feature.model_copy(update={"record": record})
-    assert "per-residue r<b>0.61</b>" in render_feature(bundle, with_pass)
-
-
-def test_html_index_counts(bundle):
-    index = render_index(bundle)
-    assert "4 labels, 3 validated." in index
-    assert "<title>plmlabel: demo</title>" in index
 
 
 # --- the folder appears whole or not at all -----------------------------------------------------------
