@@ -52,10 +52,11 @@ class ConceptCounts:
 
 
 def _to_at_least(by_level: np.ndarray) -> np.ndarray:
-    """Counts by exact level [..., T + 1] -> counts at level >= t + 1 per threshold t [..., T], in place."""
-    for level in range(by_level.shape[-1] - 1, 0, -1):
-        by_level[..., level - 1] += by_level[..., level]
-    return by_level[..., 1:]
+    """Counts by exact level [..., T] (slot l: level l + 1) -> counts at level >= t + 1 per threshold t
+    [..., T], in place."""
+    for slot in range(by_level.shape[-1] - 1, 0, -1):
+        by_level[..., slot - 1] += by_level[..., slot]
+    return by_level
 
 
 class ConceptCounter:
@@ -64,14 +65,15 @@ class ConceptCounter:
     Only the non-zero activations are touched: each gets its level (how many thresholds it is
     above), is joined with the concepts and instances covering its residue, and is counted by
     (concept, feature, level) with `np.add.at`. The cost follows the SAE's sparsity, not F x T.
-    The two [2, K, F, T + 1] tables are the only memory that grows (with features x concepts); they
-    are int32, so one split may hold up to 2**31 residues.
+    The two [2, K, F, T] tables are the only memory that grows (with features x concepts); they
+    are int32, so one split may hold up to 2**31 residues. Level 0 (above no threshold) is never
+    reported, so it is not counted: slot l of a table holds level l + 1.
     """
 
     def __init__(self, n_concepts: int, n_features: int, thresholds: tuple[float, ...] = THRESHOLDS) -> None:
         self.n_concepts, self.n_features = n_concepts, n_features
         self.thresholds = np.asarray(sorted(thresholds), dtype=np.float32)
-        levels = len(thresholds) + 1
+        levels = len(thresholds)
         self._tp = np.zeros((2, n_concepts, n_features, levels), dtype=np.int32)
         self._hits = np.zeros((2, n_concepts, n_features, levels), dtype=np.int32)
         self._fires = np.zeros((2, n_features, levels), dtype=np.int64)
@@ -86,7 +88,7 @@ class ConceptCounter:
             scale: np.ndarray | None = None) -> None:
         """Count one protein; `scale` [F] (> 0) normalises the activations (only the non-zero ones are
         divided, the same numbers as dividing the whole array first)."""
-        n_f, levels = self.n_features, len(self.thresholds) + 1
+        n_f, levels = self.n_features, len(self.thresholds)
         acts = np.asarray(activations, dtype=np.float32)
         if acts.ndim != 2 or acts.shape[1] != n_f or len(acts) < concepts.length:
             raise ValueError(f"activations of shape {acts.shape} do not fit {concepts.length} residues x "
@@ -104,12 +106,16 @@ class ConceptCounter:
         np.add.at(self._instances[split], concepts.inst_concept, 1)
         self._proteins[split, concepts.concepts_present()] += 1
 
-        residue, feature = np.nonzero(acts > 0)
-        values = acts[residue, feature]
+        flat = np.flatnonzero(acts > 0)  # 1-D: several times faster than a 2-D np.nonzero
+        residue, feature = np.divmod(flat, n_f)
+        values = acts.reshape(-1)[flat]
         if scale is not None:
             values = values / scale[feature]
         level = np.searchsorted(self.thresholds, values, side="left")
-        fl = feature * levels + level  # (feature, level) cell
+        if len(level) and level.min() == 0:  # above no threshold (only when the lowest is above 0)
+            keep = level > 0
+            residue, feature, level = residue[keep], feature[keep], level[keep]
+        fl = feature * levels + level - 1  # (feature, level) cell
         np.add.at(self._fires[split].reshape(-1), fl, 1)
         tp = self._tp[split].reshape(-1)
         cell = n_f * levels
@@ -128,7 +134,7 @@ class ConceptCounter:
             reached = np.flatnonzero(best)
             inst_of, feat_of = np.divmod(reached, n_f)
             np.add.at(self._hits[split].reshape(-1),
-                      concepts.inst_concept[inst_of] * cell + feat_of * levels + best[reached], _ONE)
+                      concepts.inst_concept[inst_of] * cell + feat_of * levels + best[reached] - 1, _ONE)
 
     def export(self) -> dict[str, np.ndarray]:
         """The raw counts, sparse (what a Ray worker sends back for its block); see `merge`."""
