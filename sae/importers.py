@@ -15,16 +15,11 @@ interprot  InterProt (Adams et al.) safetensors (or .pt) of their SparseAutoenco
            Per-token x' = (x - mean) / (std + 1e-5) (unbiased std), latents = TopK_k(relu)
            ((x' - b_pre) @ w_enc + b_enc), recon = (latents @ w_dec + b_pre) * std + mean. k comes from
            the file name (`..._k64_...`) unless given.
-saelens    A SAELens folder: cfg.json + sae_weights.safetensors with W_enc [d_in, d_sae], b_enc, W_dec
-           [d_sae, d_in], b_dec, and `threshold` for jumprelu. Architectures standard (-> relu), topk,
-           jumprelu, batchtopk; normalize_activations none, expected_average_only_in (SAELens folds
-           its scaling factor into the weights on save, so inference does nothing), layer_norm,
-           constant_norm_rescale (-> unit_norm). apply_b_dec_to_input=false is folded into b_enc.
+saelens    A SAELens folder: see sae/import_saelens.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Callable
@@ -34,10 +29,9 @@ from typing import Any
 import torch
 
 from sae.embeddings import EmbeddingStore, store_path
+from sae.import_saelens import import_saelens
 from sae.model import (
-    CFG_FILENAME,
     SAE,
-    WEIGHTS_FILENAME,
     check_fits_layer,
     check_sae_id,
     create_sae,
@@ -197,90 +191,6 @@ def import_interprot(path: str | Path, *, plm_model: str | None = None, layer: i
     )
     return _assign(sae, W_enc=_f32(tensors["w_enc"]), b_enc=_f32(tensors["b_enc"]),
                    W_dec=_f32(tensors["w_dec"]), b_dec=_f32(tensors["b_pre"]))
-
-
-# --- SAELens -------------------------------------------------------------------------------------------
-
-_SAELENS_NORMALIZATION = {
-    "none": "none",
-    None: "none",
-    "expected_average_only_in": "none",
-    "layer_norm": "layer_norm",
-    "constant_norm_rescale": "unit_norm",
-}
-
-
-def _saelens_architecture(cfg: dict[str, Any], path: Path) -> tuple[str, int | None]:
-    """Our architecture key and k from a SAELens cfg (v6 `architecture`, or older `activation_fn_str`)."""
-    architecture = cfg.get("architecture", "standard")
-    activation = cfg.get("activation_fn") or cfg.get("activation_fn_str")
-    kwargs = cfg.get("activation_fn_kwargs") or {}
-    k = cfg.get("k", kwargs.get("k"))
-    if architecture == "standard" and activation == "topk":
-        architecture = "topk"
-    mapping = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
-    if architecture not in mapping:
-        raise InputError(
-            f"{path}: SAELens architecture {architecture!r} is not supported "
-            f"(supported: {', '.join(mapping)})."
-        )
-    ours = mapping[architecture]
-    if ours in ("topk", "batchtopk"):
-        if k is None:
-            raise InputError(f"{path}: a {architecture} SAE needs k in cfg.json.")
-        if float(k) != int(float(k)):
-            raise InputError(f"{path}: k={k} is not a whole number.")
-        return ours, int(float(k))
-    return ours, None
-
-
-def import_saelens(path: str | Path, *, plm_model: str | None = None, layer: int | None = None) -> SAE:
-    path = Path(path)
-    if not path.is_dir():
-        raise NotFoundError(f"no SAELens folder at {path} (expected {CFG_FILENAME} and {WEIGHTS_FILENAME}).")
-    cfg_path = path / CFG_FILENAME
-    if not cfg_path.exists():
-        raise NotFoundError(f"no {CFG_FILENAME} in {path}.")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{cfg_path} is not valid JSON: {exc}.") from exc
-    if not isinstance(cfg, dict) or "d_in" not in cfg or "d_sae" not in cfg:
-        raise InputError(f"{cfg_path} is not a SAELens config (no d_in/d_sae).")
-    architecture, k = _saelens_architecture(cfg, path)
-    normalization = cfg.get("normalize_activations")
-    if normalization not in _SAELENS_NORMALIZATION:
-        raise InputError(f"{cfg_path}: normalize_activations {normalization!r} is not supported.")
-    tensors = read_weights(path / WEIGHTS_FILENAME)
-    if "log_threshold" in tensors and "threshold" not in tensors:
-        tensors["threshold"] = tensors["log_threshold"].exp()
-    if "topk_threshold" in tensors and "threshold" not in tensors:
-        tensors["threshold"] = torch.full((int(cfg["d_sae"]),), float(tensors["topk_threshold"]))
-    names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if architecture == "jumprelu" else [])
-    _require(tensors, names, path / WEIGHTS_FILENAME, "SAELens")
-    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
-    _check_shapes(path / WEIGHTS_FILENAME, tensors, {
-        "W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
-        **({"threshold": (d_sae,)} if "threshold" in tensors else {}),
-    })
-    w_enc, b_enc, w_dec, b_dec = (_f32(tensors[n]) for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    if not cfg.get("apply_b_dec_to_input", True):
-        # theirs: x @ W_enc + b_enc; ours: (x - b_dec) @ W_enc + b_enc' with b_enc' = b_enc + b_dec @ W_enc
-        b_enc = b_enc + b_dec @ w_enc
-    if "scaling_factor" in tensors and cfg.get("finetuning_scaling_factor"):
-        w_dec = w_dec * _f32(tensors["scaling_factor"])[:, None]  # old SAELens: features scaled before W_dec
-    meta = cfg.get("meta") if isinstance(cfg.get("meta"), dict) else {}
-    extra: dict[str, Any] = {"k": k} if k is not None else {}
-    sae = create_sae(
-        architecture, d_in, d_sae, normalization=_SAELENS_NORMALIZATION[normalization],
-        plm_model=plm_model, layer=layer, **extra,
-        source={"format": "saelens", "folder": path.name, "architecture": cfg.get("architecture"),
-                "hook_name": meta.get("hook_name", cfg.get("hook_name"))},
-    )
-    _assign(sae, W_enc=w_enc, b_enc=b_enc, W_dec=w_dec, b_dec=b_dec)
-    if "threshold" in tensors and architecture in ("jumprelu", "batchtopk"):
-        sae.load_saved_weights({**sae.weights_for_saving(), "threshold": _f32(tensors["threshold"])})
-    return sae
 
 
 IMPORTERS: dict[str, Callable[..., SAE]] = {

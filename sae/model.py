@@ -1,11 +1,15 @@
 """SAE base class, config, registry and save/load in SAELens's on-disk layout.
 
-A saved SAE is a folder with two files:
+A saved SAE is a folder with two files, loadable by SAELens 6.x's `SAE.load_from_disk` as well as by
+`load_sae` (sae/saelens_layout.py says how one file serves both):
 
-    cfg.json                  SAEConfig as JSON (architecture, d_in, d_sae, k, dtype, normalization,
-                              plm_model, layer, format_version, plus architecture fields)
+    cfg.json                  SAEConfig as JSON (plmlabel_architecture, d_in, d_sae, k, dtype,
+                              normalization, norm_scale, plm_model, layer, format_version, plus
+                              architecture fields) and the SAELens keys (architecture,
+                              normalize_activations, apply_b_dec_to_input, metadata, ...)
     sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in],
-                              threshold [d_sae] (jumprelu, batchtopk)
+                              threshold [d_sae] (jumprelu, batchtopk); from format 2 on, a `scale`
+                              normalisation is folded into W_enc, W_dec and b_dec
 
 Every SAE takes RAW per-residue embeddings (exactly as the embed step stores them): `encode` applies
 the SAE's own input normalisation (`cfg.normalization`) and `decode` undoes it, so callers never care how
@@ -32,12 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from torch import nn
 
 from sae.plm_keys import plm_model_key  # noqa: F401  (importable from here as before)
+from sae.saelens_layout import OUR_ARCHITECTURE_KEY, cfg_for_saving, fold_scale, ours_from_saved, unfold_scale
 from storage.errors import InputError, NotFoundError
 from storage.paths import stored_path
 from storage.saes import SaeRecord, list_saes, record_sae
 from storage.workspace import Workspace
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SAELens-readable cfg.json, `scale` folded into the weights
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 
@@ -150,6 +155,8 @@ class SAE(nn.Module, ABC):
     """A sparse autoencoder over one ESM-2 layer. Subclasses define the activation and the loss."""
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    # SAELens's name for the inference class that computes what this architecture computes
+    saelens_architecture: ClassVar[str]
 
     W_enc: nn.Parameter
     b_enc: nn.Parameter
@@ -289,6 +296,10 @@ class SAE(nn.Module, ABC):
         self.W_dec.grad -= parallel * unit
 
     # --- (de)serialisation ------------------------------------------------------------------------
+    def saelens_fields(self) -> dict[str, Any]:
+        """cfg.json keys SAELens's config class for `saelens_architecture` reads beyond the common ones."""
+        return {}
+
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
         """The tensors written to sae_weights.safetensors, under SAELens's names."""
         state = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
@@ -417,10 +428,14 @@ def save_sae(sae: SAE, directory: str | os.PathLike[str]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.cpu() for name, t in sae.weights_for_saving().items()}
+    if sae.cfg.normalization == "scale":
+        if sae.cfg.norm_scale is None:
+            raise ValueError("normalization 'scale' needs cfg.norm_scale before the SAE can be saved")
+        tensors = fold_scale(tensors, sae.cfg.norm_scale)
     weights_tmp = directory / (WEIGHTS_FILENAME + ".tmp")
     save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
     cfg_tmp = directory / (CFG_FILENAME + ".tmp")
-    cfg_tmp.write_text(json.dumps(sae.cfg.model_dump(mode="json"), indent=2, sort_keys=True))
+    cfg_tmp.write_text(json.dumps(cfg_for_saving(sae, FORMAT_VERSION), indent=2, sort_keys=True))
     os.replace(weights_tmp, directory / WEIGHTS_FILENAME)
     os.replace(cfg_tmp, directory / CFG_FILENAME)
     return directory
@@ -436,7 +451,14 @@ def read_config(directory: str | os.PathLike[str]) -> SAEConfig:
         raise InputError(f"{path} is not valid JSON: {exc}.") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path} does not hold a JSON object.")
-    return config_from_dict(data)
+    data.setdefault("format_version", 1)  # files from before format_version was written
+    architecture = data.get("architecture")
+    if OUR_ARCHITECTURE_KEY not in data and isinstance(architecture, str) and architecture not in REGISTRY:
+        raise InputError(
+            f"{path} was not saved by plmlabel (architecture {architecture!r}, no "
+            f"{OUR_ARCHITECTURE_KEY}); import it with `plmlabel sae import --format saelens`."
+        )
+    return config_from_dict(ours_from_saved(data))
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -460,6 +482,9 @@ def load_sae(directory: str | os.PathLike[str], device: str | torch.device = "cp
         raise NotFoundError(f"no SAE folder at {directory}.")
     cfg = read_config(directory)
     tensors = read_weights(directory / WEIGHTS_FILENAME)
+    if cfg.format_version >= 2 and cfg.normalization == "scale" and cfg.norm_scale is not None:
+        tensors = unfold_scale(tensors, cfg.norm_scale)
+    cfg.format_version = FORMAT_VERSION  # the SAE in memory is in today's form, whatever the file was
     sae = sae_from_config(cfg)
     sae.load_saved_weights(tensors)
     return sae.to(device).eval()

@@ -13,5 +13,7 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     .venv/bin/python -m pip install --quiet torch==2.13.0
 fi
-# the ray extra too, so CI runs the Ray test (about 25 s; it leaves the CPU torch alone)
-.venv/bin/python -m pip install --quiet -e ".[dev,ray]"
+# the ray extra too, so CI runs the Ray test (about 25 s; it leaves the CPU torch alone), and the
+# interop extra, so CI runs the SAELens round trips against the real sae-lens (about 60 packages:
+# transformer-lens, transformers, datasets...; about 2 minutes on a fresh .venv; the CPU torch stays)
+.venv/bin/python -m pip install --quiet -e ".[dev,ray,interop]"

@@ -90,7 +90,8 @@ def test_saved_layout_is_saelens(tmp_path):
     save_sae(_sae("jumprelu"), tmp_path)
     cfg = json.loads((tmp_path / CFG_FILENAME).read_text())
     assert cfg["architecture"] == "jumprelu" and cfg["d_in"] == 16 and cfg["d_sae"] == 48
-    assert cfg["plm_model"] == "esm2_t6_8M_UR50D" and cfg["layer"] == 3 and cfg["format_version"] == 1
+    assert cfg["plmlabel_architecture"] == "jumprelu" and cfg["normalize_activations"] == "none"
+    assert cfg["plm_model"] == "esm2_t6_8M_UR50D" and cfg["layer"] == 3 and cfg["format_version"] == 2
     from safetensors.torch import load_file
 
     tensors = load_file(str(tmp_path / WEIGHTS_FILENAME))

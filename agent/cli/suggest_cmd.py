@@ -5,10 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from agent.cli._common import console, json_option, open_workspace, print_json, workspace_option
+from agent.cli._common import (
+    console,
+    err_console,
+    json_option,
+    open_workspace,
+    print_json,
+    progress_enabled,
+    workspace_option,
+)
 from sae.suggest import store_suggestions, suggest
 from sae.suggest_score import TRUST_MODES
 from storage.errors import InputError
@@ -71,8 +80,14 @@ def suggest_command(sae_id: str, features: tuple[int, ...], min_f1: float, mode:
     if gff3_path == "-" and (as_json or as_tsv):
         raise InputError("--gff3 - prints to stdout; it cannot be combined with --json or --tsv.")
     ws = open_workspace(workspace)
-    report = suggest(ws, sae_id, features=list(features) or None, min_f1=min_f1, mode=mode,  # type: ignore[arg-type]
-                     carrier_quantile=carrier_quantile, limit=limit, device=device)
+    bar = Progress(TextColumn("finding residues"), BarColumn(), MofNCompleteColumn(), TextColumn("proteins"),
+                   TimeElapsedColumn(), console=err_console, transient=True, disable=not progress_enabled())
+    with bar:
+        task = bar.add_task("residues", total=None)
+        report = suggest(ws, sae_id, features=list(features) or None, min_f1=min_f1,
+                         mode=mode,  # type: ignore[arg-type]
+                         carrier_quantile=carrier_quantile, limit=limit, device=device,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
     with ws.db() as db:
         store_suggestions(db, report)
         lengths = {}

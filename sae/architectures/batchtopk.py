@@ -40,6 +40,7 @@ def batch_topk_activation(hidden_pre: torch.Tensor, k: int) -> torch.Tensor:
 
 class BatchTopKSAE(SAE):
     config_class = BatchTopKConfig
+    saelens_architecture = "jumprelu"
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)

@@ -67,6 +67,7 @@ class _StepFn(torch.autograd.Function):
 
 class JumpReLUSAE(SAE):
     config_class = JumpReLUConfig
+    saelens_architecture = "jumprelu"
     cfg: JumpReLUConfig
 
     def __init__(self, cfg: SAEConfig) -> None:

@@ -2,6 +2,7 @@
 
 The pre-encoder bias b_dec is subtracted before the encoder and added back by the decoder; the trainer
 keeps decoder rows at unit norm, so the L1 penalty sum_i f_i * |W_dec_i| is plain L1 on the features.
+SAELens calls this architecture `standard`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class ReLUConfig(SAEConfig):
 
 class ReLUSAE(SAE):
     config_class = ReLUConfig
+    saelens_architecture = "standard"
 
     def activation(self, hidden_pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(hidden_pre)

@@ -8,7 +8,7 @@ residual, which gives dead latents a gradient again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -70,6 +70,7 @@ def topk_training_step(sae: SAE, xn: torch.Tensor, ctx: TrainContext,
 
 class TopKSAE(SAE):
     config_class = TopKConfig
+    saelens_architecture = "topk"
 
     @property
     def k(self) -> int:
@@ -78,6 +79,10 @@ class TopKSAE(SAE):
 
     def activation(self, hidden_pre: torch.Tensor) -> torch.Tensor:
         return topk_activation(hidden_pre, self.k)
+
+    def saelens_fields(self) -> dict[str, Any]:
+        # our top-k runs on the raw pre-activations, not on ones scaled by the decoder norms
+        return {"k": self.k, "rescale_acts_by_decoder_norm": False}
 
     def training_step(self, xn: torch.Tensor, ctx: TrainContext) -> TrainStep:
         return topk_training_step(self, xn, ctx, lambda hidden_pre: topk_activation(hidden_pre, self.k))
