@@ -16,8 +16,9 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -47,6 +48,9 @@ class EmbedSummary(BaseModel):
     seconds: float
     device: str | None = None  # None when nothing was left to compute
     dtype: str | None = None
+    workers: int = 1  # Ray workers (1: this process)
+    n_sampled: int | None = None  # with --sample-residues: the residues kept (of n_residues)
+    seed: int | None = None  # with --sample-residues
 
 
 class EmbedInterrupted(KeyboardInterrupt):
@@ -208,14 +212,24 @@ def _work(path: Path, workspace: Workspace, sequences: dict[str, str]) -> _Work:
     return _Work(finished=finished, plan=plan, redo=redo, skipped=skipped, todo=todo)
 
 
+class RayOptions(BaseModel):
+    """`--ray [ADDRESS] --workers N`: embed the blocks on Ray workers (sae/ray_pool.py)."""
+
+    address: str | None = None  # None: a local Ray started for the run
+    workers: int | None = None
+
+
 def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: list[str] | None,
                    max_tokens: int, device: str, dtype: str,
                    progress: Callable[[int, int], None] | None = None, *,
-                   shard_residues: int | None = None) -> EmbedSummary:
+                   shard_residues: int | None = None, sample_residues: int | float | None = None,
+                   seed: int = 0, ray: RayOptions | None = None) -> EmbedSummary:
     """Embed the workspace's proteins (all, or `accessions`) with ESM-2 `model` at `layer`.
 
     `progress(done, total)` counts residues computed in this run. The model is loaded only when
-    something is left to compute. Each shard appears complete or not at all.
+    something is left to compute. Each shard appears complete or not at all. `sample_residues` keeps
+    only a uniform sample of the residues (a count, or a fraction; sae/embed_sample.py); `ray` runs
+    ESM-2 on Ray workers, a shard a task (the same shards, and numbers, as one process).
     """
     from sae.plm import ESM2_MODELS, check_sequence
 
@@ -235,15 +249,115 @@ def embed_proteins(workspace: Workspace, model: str, layer: int, accessions: lis
     wanted = set(sequences)
     n_residues = sum(map(len, sequences.values()))
 
+    if ray is not None:
+        _ray_ready()  # the extra is installed, before any folder is made
     path = store_path(workspace.embeddings_dir, model_key, layer)
     created = [folder for folder in (path, path.parent, workspace.embeddings_dir) if not folder.exists()]
     path.mkdir(parents=True, exist_ok=True)
+    engine = _Engine(model, device, dtype, layer, max_tokens, ray)
     try:
-        return _embed_locked(workspace, path, model, model_key, layer, sequences, wanted, n_residues,
-                             max_tokens, device, dtype, progress, shard_residues, started)
+        with engine:
+            if sample_residues is not None:
+                from sae.embed_sample import sample_proteins
+
+                return sample_proteins(workspace, path, engine, model_key, sequences, sample_residues, seed,
+                                       shard_residues, progress, started)
+            return _embed_locked(workspace, path, engine, model_key, layer, sequences, wanted, n_residues,
+                                 progress, shard_residues, started)
     except BaseException:
         _remove_created(created)
         raise
+
+
+def _ray_ready() -> None:
+    from sae.ray_pool import _ray
+
+    _ray()
+
+
+class _Engine:
+    """Where shards are embedded: ESM-2 in this process, or Ray tasks (`ray`), loaded on first use."""
+
+    def __init__(self, model: str, device: str, dtype: str, layer: int, max_tokens: int,
+                 ray: RayOptions | None) -> None:
+        self.model, self.device, self.dtype = model, device, dtype
+        self.layer, self.max_tokens = layer, max_tokens
+        self.ray = ray
+        self._plm: Any = None
+        self._pool: Any = None
+        self.used_device: str | None = None
+        self.used_dtype: str | None = None
+        self.embed_dim: int | None = None
+
+    def __enter__(self) -> _Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.__exit__(*exc)
+            self._pool = None
+
+    @property
+    def workers(self) -> int:
+        return (self._pool.workers or 1) if self._pool is not None else 1
+
+    def plm(self) -> Any:
+        from sae.plm import load_esm
+
+        if self._plm is None:
+            self._plm = load_esm(self.model, device=self.device, dtype=self.dtype)
+            if self.layer > self._plm.num_layers:
+                raise InputError(f"layer {self.layer} is out of range: {self.model} has layers "
+                                 f"0..{self._plm.num_layers}.")
+            self.embed_dim = self._plm.embed_dim
+            self.used_device = str(self._plm.device)
+            self.used_dtype = str(self._plm.dtype).removeprefix("torch.")
+        return self._plm
+
+    def start(self) -> None:
+        """Load ESM-2 here, or start (reach) Ray: what fails before any compute."""
+        if self.ray is None:
+            self.plm()
+        elif self._pool is None:
+            from sae.ray_pool import RayPool
+
+            pool = RayPool(self.ray.address, self.ray.workers)
+            self._pool = pool.__enter__()
+            self.used_device = pool.device
+            self.used_dtype = self.dtype
+
+    def blocks(self, blocks: list[list[tuple[str, str]]],
+               tick: Callable[[int], None] | None = None) -> Iterator[list[tuple[str, Any]]]:
+        """float16 embeddings of each block of (accession, sequence), in block order."""
+        self.start()
+        if self._pool is None:
+            from sae.plm import embed_sequences
+
+            for items in blocks:
+                arrays = {}
+                for accession, rows in embed_sequences(self.plm(), items, self.layer, self.max_tokens):
+                    arrays[accession] = rows.astype("float16")  # what the store keeps; half the memory
+                    if tick:
+                        tick(len(rows))
+                yield [(accession, arrays[accession]) for accession, _ in items]
+            return
+        from sae.ray_pool import embed_task
+
+        model = _portable_model(self.model)
+        calls = ((model, self._pool.device, self.dtype, self.layer, self.max_tokens, items)
+                 for items in blocks)
+        for block in self._pool.map(embed_task, calls):
+            if block and self.embed_dim is None:
+                self.embed_dim = int(block[0][1].shape[1])
+            if tick:
+                tick(sum(len(rows) for _, rows in block))
+            yield block
+
+
+def _portable_model(model: str) -> str:
+    """A checkpoint path as an absolute path (a Ray worker runs in another folder); hub names as they are."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -254,70 +368,80 @@ def _remove_created(created: list[Path]) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _embed_locked(workspace: Workspace, path: Path, model: str, model_key: str, layer: int,
-                  sequences: dict[str, str], wanted: set[str], n_residues: int, max_tokens: int, device: str,
-                  dtype: str, progress: Callable[[int, int], None] | None, shard_residues: int | None,
+def _embed_locked(workspace: Workspace, path: Path, engine: _Engine, model_key: str, layer: int,
+                  sequences: dict[str, str], wanted: set[str], n_residues: int,
+                  progress: Callable[[int, int], None] | None, shard_residues: int | None,
                   started: float) -> EmbedSummary:
-    from sae.plm import embed_sequences, load_esm
+    from sae.plm import ESM2_MODELS
 
-    with workspace_lock(path / ".lock", f"embed {model} layer {layer}"):
+    with workspace_lock(path / ".lock", f"embed {engine.model} layer {layer}"):
         store = EmbeddingStore(path)
         if store.exists and not same_plm_model(store.manifest.get("model"), model_key, workspace.root):
             raise InputError(
                 f"{path} holds embeddings of {store.manifest.get('model')}, not {model_key}; "
                 "delete that folder or use the same model."
             )
+        if store.exists and store.manifest.get("sample_residues"):
+            raise InputError(f"{path} holds a sample of residues (embed --sample-residues); delete that "
+                             "folder to embed every residue, or sample again.")
         work = _work(path, workspace, sequences)
-        plm = None
         new: list[_Shard] = []
         if work.todo or work.redo:
-            plm = load_esm(model, device=device, dtype=dtype)
-            if layer > plm.num_layers:
-                raise InputError(f"layer {layer} is out of range: {model} has layers 0..{plm.num_layers}.")
-            store = EmbeddingStore.create(path, model=model_key, layer=layer, d_model=plm.embed_dim)
-            cap = default_shard_residues(plm.embed_dim)
+            engine.start()  # a missing checkpoint, a bad layer or an unreachable Ray fails here
+            spec = ESM2_MODELS.get(engine.model)
+            width = engine.embed_dim or (spec.embed_dim if spec else None)
+            if width is not None:
+                store = EmbeddingStore.create(path, model=model_key, layer=layer, d_model=width)
             timed = shard_residues is None and work.plan is None  # a new store: size shards by time
-            size = shard_residues or (work.plan.shard_residues if work.plan else min(PROBE_RESIDUES, cap))
+            size = shard_residues or (work.plan.shard_residues if work.plan else PROBE_RESIDUES)
             planned = {shard.number: shard for shard in work.plan.shards} if work.plan else {}
             first = max([*work.finished, -1]) + 1  # numbers of unfinished shards are free again
             new = plan_shards(work.todo, size, first) if work.todo else []
             redone = {shard.number for shard in work.redo}
             kept = [planned.get(n) or _Shard(number=n, accessions=accs, residues=0, checksum="")
                     for n, accs in work.finished.items() if n not in redone]
-            _write_plan(path, _Plan(model=model_key, layer=layer, shard_residues=size,
-                                    shards=sorted([*kept, *work.redo, *new], key=lambda s: s.number)))
 
+            def save_plan() -> None:
+                _write_plan(path, _Plan(model=model_key, layer=layer, shard_residues=size,
+                                        shards=sorted([*kept, *work.redo, *new], key=lambda s: s.number)))
+
+            save_plan()
             total = sum(shard.residues for shard in [*work.redo, *new])
-            computed = 0
+            counted = [0]
+
+            def tick(n: int) -> None:
+                counted[0] += n
+                if progress:
+                    progress(counted[0], total)
+
             if progress:
                 progress(0, total)
             queue = [*work.redo, *new]
             done = {acc for n, accs in work.finished.items() if n not in redone for acc in accs} & wanted
             try:
-                for position, shard in enumerate(queue):  # noqa: B020 - the queue is re-planned once
-                    tick = time.monotonic()
-                    # a shard being replaced stops counting as finished before its array is overwritten
-                    (path / f"shard_{shard.number:05d}.json").unlink(missing_ok=True)
-                    items = [(acc, sequences[acc]) for acc in shard.accessions]
-                    arrays = {}
-                    for accession, rows in embed_sequences(plm, items, layer, max_tokens):
-                        arrays[accession] = rows.astype("float16")  # what the store keeps; half the memory
-                        computed += len(rows)
-                        if progress:
-                            progress(computed, total)
-                    store.write_shard(shard.number, [(acc, arrays[acc]) for acc in shard.accessions])
-                    done.update(acc for acc in shard.accessions if acc in wanted)
-                    if timed and shard in new:
+                while queue:
+                    # a new store sizes its shards on a first, timed one (a shard on one worker with Ray)
+                    batch, queue = (queue[:1], queue[1:]) if timed and queue[0] in new else (queue, [])
+                    tick_at = time.monotonic()
+                    items = ([(acc, sequences[acc]) for acc in shard.accessions] for shard in batch)
+                    for shard, block in zip(batch, engine.blocks(items, tick), strict=True):
+                        if not store.exists:
+                            store = EmbeddingStore.create(path, model=model_key, layer=layer,
+                                                          d_model=int(block[0][1].shape[1]))
+                        # a shard being replaced stops counting as finished before its array is overwritten
+                        (path / f"shard_{shard.number:05d}.json").unlink(missing_ok=True)
+                        store.write_shard(shard.number, block)
+                        done.update(acc for acc in shard.accessions if acc in wanted)
+                    if timed and batch[0] in new:
                         timed = False
-                        rate = shard.residues / max(time.monotonic() - tick, 1e-6)
+                        rate = batch[0].residues / max(time.monotonic() - tick_at, 1e-6)
+                        cap = default_shard_residues(store.d_model)
                         size = int(min(cap, max(1024, rate * SHARD_SECONDS)))
-                        rest = {acc: sequences[acc] for s in queue[position + 1:] for acc in s.accessions}
-                        replanned = plan_shards(rest, size, shard.number + 1) if rest else []
-                        queue[position + 1:] = replanned
-                        new = [s for s in new if s.number <= shard.number] + replanned
-                        _write_plan(path, _Plan(model=model_key, layer=layer, shard_residues=size,
-                                                shards=sorted([*kept, *work.redo, *new],
-                                                              key=lambda s: s.number)))
+                        rest = {acc: sequences[acc] for s in queue for acc in s.accessions}
+                        replanned = plan_shards(rest, size, batch[0].number + 1) if rest else []
+                        queue = replanned
+                        new = [s for s in new if s.number <= batch[0].number] + replanned
+                        save_plan()
             except KeyboardInterrupt:
                 finished = len(work.skipped) + sum(1 for s in [*work.redo, *new]
                                                    if (path / f"shard_{s.number:05d}.json").exists())
@@ -327,6 +451,7 @@ def _embed_locked(workspace: Workspace, path: Path, model: str, model_key: str, 
             model=model_key, layer=layer, path=str(path), n_proteins=len(wanted), n_residues=n_residues,
             n_shards=len(work.skipped) + len(work.redo) + len(new), n_skipped_shards=len(work.skipped),
             seconds=round(time.monotonic() - started, 3),
-            device=str(plm.device) if plm else None,
-            dtype=str(plm.dtype).removeprefix("torch.") if plm else None,
+            device=engine.used_device if (work.todo or work.redo) else None,
+            dtype=engine.used_dtype if (work.todo or work.redo) else None,
+            workers=engine.workers if engine.ray is not None else 1,
         )

@@ -55,6 +55,9 @@ class RayPool:
     def __enter__(self) -> RayPool:
         ray = _ray()
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if ray.is_initialized():  # the caller's own Ray session (a notebook, a test): used, left running
+            self._size(ray)
+            return self
         if self.address:
             _check_reachable(self.address)
         # ray.init installs its own SIGTERM handler and shutdown does not remove it: keep ours
@@ -69,13 +72,16 @@ class RayPool:
             where = f"at {self.address}" if self.address else "locally"
             raise InputError(f"could not start or reach Ray {where}: {_first_line(exc)}.") from None
         self._started = True
+        self._size(ray)
+        return self
+
+    def _size(self, ray: Any) -> None:
         resources = ray.cluster_resources()
         self.gpus = float(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
         if self.workers is None:
             self.workers = int(self.gpus) if self.gpus >= 1 else max(1, cpus // 4)
         self._cpus_per_task = max(1, cpus // self.workers) if self.gpus < 1 else 1
-        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._started:
@@ -185,6 +191,15 @@ def embed_task(model: str, device: str, dtype: str, layer: int, max_tokens: int,
     return embed_block(worker_plm(model, device, dtype), items, layer, max_tokens)
 
 
+def _plm_for(sae: Any, model: str, device: str, dtype: str) -> Any:
+    """The worker's ESM-2, refused in one line when its width is not the SAE's."""
+    plm = worker_plm(model, device, dtype)
+    if plm.embed_dim != sae.d_in:
+        raise InputError(f"the SAE takes embeddings of width {sae.d_in}, but {model} has width "
+                         f"{plm.embed_dim}; use the SAE's model.")
+    return plm
+
+
 def maxima_task(model: str, device: str, dtype: str, layer: int, max_tokens: int, files: dict[str, bytes],
                 max_elements: int, items: list[tuple[str, str]]) -> Any:
     """One block's index pass 1: sparse per-protein maxima and firing counts."""
@@ -193,8 +208,24 @@ def maxima_task(model: str, device: str, dtype: str, layer: int, max_tokens: int
     from sae.stream import embed_block
 
     sae = worker_sae(files, device)
-    block = embed_block(worker_plm(model, device, dtype), items, layer, max_tokens)
+    block = embed_block(_plm_for(sae, model, device, dtype), items, layer, max_tokens)
     return merge_maxima(iter_maxima(block, sae_encoder(sae), sae.d_sae, max_elements), sae.d_sae)
+
+
+def concepts_task(model: str, device: str, dtype: str, layer: int, max_tokens: int, files: dict[str, bytes],
+                  max_elements: int, scale: Any, n_concepts: int, items: list[tuple[str, str]],
+                  wanted: dict[str, tuple[Any, int]]) -> dict[str, Any]:
+    """One block's concept counts (sparse): `wanted` maps its indexed proteins to (concepts, split)."""
+    from sae.activations import sae_encoder
+    from sae.concepts import ConceptCounter, count_block
+    from sae.stream import embed_block
+
+    sae = worker_sae(files, device)
+    block = embed_block(_plm_for(sae, model, device, dtype), items, layer, max_tokens)
+    counter = ConceptCounter(n_concepts, sae.d_sae)
+    count_block(counter, [item for item in block if item[0] in wanted], sae_encoder(sae), sae.d_sae,
+                max_elements, scale, lambda pairs: {a: wanted[a] for a, _ in pairs})
+    return counter.export()
 
 
 def _signal_handlers() -> dict[int, Any]:

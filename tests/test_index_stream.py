@@ -113,16 +113,52 @@ def test_workers_without_ray_is_a_usage_error(cli, setup):
 ray = pytest.importorskip("ray", reason="the Ray test needs the plmlabel[ray] extra")
 
 
+@pytest.fixture
+def local_ray():
+    """One local Ray of 2 CPUs for the whole test (RayPool uses a running session and leaves it)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @pytest.mark.slow
-def test_two_ray_workers_equal_one_process(setup):
-    ws, _ = setup
-    local = build_index(ws, SAE_ID, device="cpu", stream=StreamOptions(block_residues=BLOCK))
+def test_two_ray_workers_equal_one_process(setup, local_ray):
+    from sae.embed import RayOptions
+    from sae.embeddings import EmbeddingStore
+
+    ws, checkpoint = setup
+    SMALL = 800  # noqa: N806 - several blocks of the short proteins
+    with ws.db() as db:  # proteins of at most 400 residues, a few blocks' worth: Ray on 2 cores is slow
+        rows = db.query("select accession, length from proteins where length <= 400 order by accession")
+        chosen = [row["accession"] for row in rows][:16]
+    local = build_index(ws, SAE_ID, chosen, device="cpu", stream=StreamOptions(block_residues=SMALL))
     local_arrays = _arrays(ws)
-    on_ray = build_index(ws, SAE_ID, device="cpu",
-                         stream=StreamOptions(ray=True, workers=2, block_residues=BLOCK))
-    assert on_ray.workers == 2 and on_ray.source == "model"
+    on_ray = build_index(ws, SAE_ID, chosen, device="cpu",
+                         stream=StreamOptions(ray=True, workers=2, block_residues=SMALL))
+    assert on_ray.workers == 2 and on_ray.source == "model" and on_ray.n_residues > 2 * SMALL
     assert on_ray.index_hash == local.index_hash
     _assert_same(local_arrays, _arrays(ws))
+
+    # concepts: each block counted on a worker, the sparse counts merged: the same report
+    local_concepts = evaluate_sae_concepts(ws, SAE_ID, min_proteins=2, device="cpu",
+                                           stream=StreamOptions(block_residues=SMALL))
+    ray_concepts = evaluate_sae_concepts(ws, SAE_ID, min_proteins=2, device="cpu",
+                                         stream=StreamOptions(ray=True, workers=2, block_residues=SMALL))
+    assert ray_concepts == local_concepts and local_concepts.feature_concepts
+
+    # embed: a shard a task, written in plan order: the same shards and numbers as one process
+    summary = embed_proteins(ws, str(checkpoint), 2, chosen, 4096, "cpu", "auto", shard_residues=SMALL,
+                             ray=RayOptions(workers=2))
+    assert summary.workers == 2 and summary.n_shards > 2
+    ray_store = dict(EmbeddingStore(summary.path).iter_proteins())
+    shutil.rmtree(summary.path)
+    embed_proteins(ws, str(checkpoint), 2, chosen, 4096, "cpu", "auto", shard_residues=SMALL)
+    local_store = dict(EmbeddingStore(summary.path).iter_proteins())
+    assert ray_store.keys() == local_store.keys()
+    for accession, rows in local_store.items():
+        np.testing.assert_array_equal(rows, ray_store[accession], err_msg=accession)
 
 
 def test_unreachable_ray_address_is_one_line(setup):

@@ -25,7 +25,8 @@ from agent.cli._common import (
     sigterm_interrupts,
     workspace_option,
 )
-from sae.embed import EmbedInterrupted, embed_proteins, read_accession_file
+from sae.embed import EmbedInterrupted, RayOptions, embed_proteins, read_accession_file
+from sae.embed_sample import parse_sample_size
 
 
 @click.command()
@@ -46,11 +47,25 @@ from sae.embed import EmbedInterrupted, embed_proteins, read_accession_file
 @click.option("--shard-residues", type=click.IntRange(min=1), default=None,
               help="Residues per new shard file (default: the size this store was planned with, "
                    "else about 128 MiB of fp16 per shard).")
+@click.option("--sample-residues", "sample", default=None, metavar="N|FRACTION",
+              help="Keep only a uniform random sample of the residues (a count, or a fraction such as 0.05): "
+                   "enough to train an SAE on, without storing every residue.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample-residues.")
+@click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run ESM-2 on Ray workers, a shard a task: a cluster's address, or none for a local Ray "
+                   "(needs `pip install 'plmlabel[ray]'`).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray tasks in flight (default: the cluster's GPUs, else its CPUs / 4).")
 @json_option
 def embed(workspace: str | None, model: str | None, layer: int | None, proteins: str,
           max_tokens: int | None, device: str | None, dtype: str | None, shard_residues: int | None,
-          as_json: bool) -> None:
+          sample: str | None, seed: int, ray: str | None, workers: int | None, as_json: bool) -> None:
     """Write ESM-2 layer embeddings of the proteins to embeddings/<model>/layer_<L>/ (resumable)."""
+    if workers is not None and ray is None:
+        raise click.UsageError("--workers needs --ray.")
+    sample_size = parse_sample_size(sample) if sample is not None else None
+    address = None if ray in (None, "local") else ray
+    ray_options = None if ray is None else RayOptions(address=address, workers=workers)
     ws = open_workspace(workspace)
     plm = ws.load_config().plm
     accessions = None if proteins == "all" else read_accession_file(proteins)
@@ -68,6 +83,7 @@ def embed(workspace: str | None, model: str | None, layer: int | None, proteins:
                 ws, model or plm.model, plm.layer if layer is None else layer, accessions,
                 max_tokens or plm.max_tokens, device or plm.device, dtype or plm.dtype,
                 progress=report if show else None, shard_residues=shard_residues,
+                sample_residues=sample_size, seed=seed, ray=ray_options,
             )
     except EmbedInterrupted as stop:
         err_console.print(f"interrupted: {stop.n_done:,} of {stop.n_proteins:,} proteins are embedded "
@@ -76,6 +92,13 @@ def embed(workspace: str | None, model: str | None, layer: int | None, proteins:
         sys.exit(130)
     if as_json:
         print_json(summary.model_dump())
+        return
+    if summary.n_sampled is not None:
+        console.print(
+            f"Sampled {summary.n_sampled:,} of the {summary.n_residues:,} residues of {summary.n_proteins:,} "
+            f"proteins (seed {summary.seed}) with {summary.model} layer {summary.layer} into {summary.path}: "
+            f"{summary.n_shards} shard(s), {summary.seconds:.1f} s; `plmlabel sae train` reads them."
+        )
         return
     written = summary.n_shards - summary.n_skipped_shards
     console.print(
