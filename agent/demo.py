@@ -2,7 +2,8 @@
 
 import -> embed (ESM-2 8M when its weights are cached or downloadable, else a small randomly initialised
 ESM-2, loudly flagged: labels are then only a smoke test) -> train a TopK SAE -> index -> concepts ->
-label (an LLM when a key is set, else the offline baseline) -> the best labels -> the HTML viewer.
+label the features worth labeling (`--select informative`, agent/labeling/informative.py; an LLM when
+a key is set, else the offline baseline) -> the best labels -> the HTML viewer.
 
 Each stage reuses what an earlier run of the demo left in the workspace, so a rerun is quick and an
 interrupted demo resumes. Progress goes through a small `DemoReporter` so the CLI can draw it.
@@ -35,7 +36,7 @@ class DemoSettings(BaseModel):
     k: int = Field(32, gt=0)
     epochs: float = Field(3.0, gt=0)  # training tokens = epochs x residues embedded
     batch_size: int = Field(1024, gt=0)
-    n_label: int = Field(48, gt=0)  # features labeled (the ones firing on the most proteins)
+    n_label: int = Field(48, gt=0)  # features labeled: the first of the `--select informative` ranking
     backend: str | None = None  # None: anthropic / openai when their key is set, else baseline
     model: str | None = None
     plm: str | None = None  # force an ESM-2 name or checkpoint path (tests use a tiny one)
@@ -48,6 +49,12 @@ class BestLabel(BaseModel):
     pearson: float | None
     validated: bool
     concepts: list[str]
+    picked_because: str = ""
+
+
+class Picked(BaseModel):
+    feature: int
+    reason: str
 
 
 class DemoSummary(BaseModel):
@@ -68,6 +75,8 @@ class DemoSummary(BaseModel):
     n_labeled: int
     n_validated: int
     cost_usd: float | None
+    selection: str  # how the labeled features were chosen, in one line
+    picked: list[Picked]  # each labeled feature and why, in rank order
     best: list[BestLabel]
     viewer: str
     seconds: dict[str, float]
@@ -120,7 +129,7 @@ def _name_the_model_used(ws: Workspace, config: Config, plm: str, layer: int) ->
 def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None = None) -> DemoSummary:
     """Run every stage; raise a PlmlabelError (one sentence) when one cannot go on."""
     from agent.export_bundle import gather_bundle
-    from agent.labeling.selection import FeatureSelection
+    from agent.labeling.selection import FeatureSelection, plan_features
     from agent.labeling.setup import LabelOptions, label
     from sae.concepts import evaluate_sae_concepts, store_concepts
     from sae.embed import embed_proteins
@@ -189,22 +198,28 @@ def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None 
         store_concepts(db, concepts)
     lap("concepts")
 
-    report.stage("label", f"the {settings.n_label} features that fire on the most proteins")
-    options = LabelOptions(sae_id=DEMO_SAE, selection=FeatureSelection(top=settings.n_label),
-                           backend=settings.backend, model=settings.model)
+    selection = FeatureSelection(select="informative", limit=settings.n_label)
+    with ws.db() as db:  # what `label` will pick (the ranking is deterministic), with the reasons
+        plan = plan_features(db, DEMO_SAE, selection.model_copy(update={"relabel": True}),
+                             n_indexed=index.n_proteins)
+    report.stage("label", plan.note or f"--select informative --limit {settings.n_label}")
+    options = LabelOptions(sae_id=DEMO_SAE, selection=selection, backend=settings.backend,
+                           model=settings.model)
     job = label(ws, options, on_progress=lambda event: report.progress(event.done, event.total, "features"))
     lap("label")
 
     report.stage("viewer", "static HTML viewer")
     with ws.db() as db:
         bundle = gather_bundle(ws, db, DEMO_SAE, "html", warn=report.warn)
-        stored = [s for s in list_labels(db, DEMO_SAE) if s.status == "ok"]
+        picked = set(plan.features)
+        stored = [s for s in list_labels(db, DEMO_SAE) if s.status == "ok" and s.feature in picked]
     viewer = write_export(bundle, "html", ws.root / "viewer")
     lap("viewer")
 
     stored.sort(key=lambda s: (s.pearson is not None, s.pearson or 0.0), reverse=True)
     best = [BestLabel(feature=s.feature, label=s.label or "", pearson=s.pearson, validated=bool(s.validated),
-                      concepts=list(s.concepts or [])) for s in stored[:10]]
+                      concepts=list(s.concepts or []), picked_because=plan.reasons.get(s.feature, ""))
+            for s in stored[:10]]
     metrics = record.metrics or {}
     return DemoSummary(
         workspace=str(ws.root), plm_model=plm, plm_random=random_plm, layer=layer,
@@ -213,7 +228,8 @@ def run_demo(ws: Workspace, report: DemoReporter, settings: DemoSettings | None 
         n_features_alive=index.n_features - index.n_dead_features,
         n_concepts_f1_above=concepts.n_concepts_f1_above, n_features_f1_above=concepts.n_features_f1_above,
         backend=job.backend, backend_reason=job.backend_reason, label_model=job.model, n_labeled=len(stored),
-        n_validated=sum(1 for s in stored if s.validated), cost_usd=job.cost_usd, best=best,
+        n_validated=sum(1 for s in stored if s.validated), cost_usd=job.cost_usd, selection=plan.note or "",
+        picked=[Picked(feature=f, reason=plan.reasons[f]) for f in plan.features], best=best,
         viewer=str(viewer.out_dir / "index.html"), seconds=seconds,
     )
 

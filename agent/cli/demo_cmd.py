@@ -51,14 +51,17 @@ def _render(summary: DemoSummary) -> None:
                   f"{summary.n_validated} validated, cost {cost}", highlight=False, soft_wrap=True)
     if summary.backend_reason:
         console.print(f"  ({summary.backend_reason})", highlight=False, soft_wrap=True)
+    console.print(f"  chosen by {summary.selection}", highlight=False, soft_wrap=True, markup=False)
     table = Table(title="Best labels (Pearson r on held-out proteins)")
     table.add_column("feature", justify="right")
     table.add_column("label")
     table.add_column("r", justify="right")
     table.add_column("validated")
+    table.add_column("picked because")
     for row in summary.best:
         r = "-" if row.pearson is None else f"{row.pearson:.2f}"
-        table.add_row(str(row.feature), Text(row.label), r, "yes" if row.validated else "no")
+        table.add_row(str(row.feature), Text(row.label), r, "yes" if row.validated else "no",
+                      Text(row.picked_because))
     console.print(table)
     timing = ", ".join(f"{k} {v:.0f}s" for k, v in summary.seconds.items())
     console.print(f"  time: {timing}", highlight=False)
@@ -79,7 +82,8 @@ def _render(summary: DemoSummary) -> None:
 @click.option("--layer", type=click.IntRange(0), default=None,
               help="ESM-2 layer to embed (default 4 of the 8M model).")
 @click.option("--features", "n_label", type=click.IntRange(1), default=48, show_default=True,
-              help="How many features to label.")
+              help="How many features to label: the first of `label --select informative`'s ranking "
+              "(concept associations first, then activation spread; dead, rare and near-universal left out).")
 @json_option
 def demo(workspace: str, backend: str | None, model: str | None, plm: str | None, layer: int | None,
          n_label: int, as_json: bool) -> None:

@@ -30,7 +30,7 @@ from agent.cli._common import (
 )
 from agent.labeling.batch import BatchSettings
 from agent.labeling.estimate import DryRun
-from agent.labeling.selection import FeatureSelection, parse_feature_spec
+from agent.labeling.selection import SELECT_KINDS, FeatureSelection, exclusive_error, parse_feature_spec
 from agent.labeling.setup import LabelOptions, label
 from agent.labeling.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, JobStart, JobSummary, ProgressEvent
 from storage.errors import InputError, JobFailedError
@@ -115,7 +115,15 @@ Exit codes (for schedulers):
 @click.option("--unlabeled", is_flag=True,
               help="Indexed features without an ok label (new, or failed before).")
 @click.option("--top", type=click.IntRange(min=1), metavar="N",
-              help="The N live features that fire on the most proteins (ties: higher max activation).")
+              help="The N live features with the largest fraction of indexed proteins they fire on (ties: "
+                   "higher max activation, then lower id). These are often the least specific features; "
+                   "for the ones worth labeling use --select informative.")
+@click.option("--select", "select", type=click.Choice(SELECT_KINDS),
+              help="informative: live features firing on at least 40 proteins and at most 90% of them, "
+                   "those with a concept association (test F1 >= 0.5, `plmlabel concepts`) first, by F1, "
+                   "then by activation spread; prints how it chose.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="Keep the first N of the selection (ids ascending, or --select's ranking).")
 @click.option("--relabel", is_flag=True, help="Label again features that already have an ok label.")
 @click.option("--nightly", is_flag=True,
               help="Unattended run: label what is new or failed before (and stale, with --relabel-stale), "
@@ -152,11 +160,11 @@ Exit codes (for schedulers):
 @workspace_option
 @json_option
 def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool, top: int | None,
-                  relabel: bool, nightly: bool, relabel_stale: bool, batch: bool, wait: bool,
-                  poll_interval: float | None, backend: str | None, model: str | None, base_url: str | None,
-                  concurrency: int | None, budget_usd: float | None, residue_pass: bool, agent: bool,
-                  max_tool_calls: int | None, max_simulations: int | None, max_turns: int | None,
-                  dry_run: bool, workspace: str | None, as_json: bool) -> None:
+                  select: str | None, limit: int | None, relabel: bool, nightly: bool, relabel_stale: bool,
+                  batch: bool, wait: bool, poll_interval: float | None, backend: str | None,
+                  model: str | None, base_url: str | None, concurrency: int | None, budget_usd: float | None,
+                  residue_pass: bool, agent: bool, max_tool_calls: int | None, max_simulations: int | None,
+                  max_turns: int | None, dry_run: bool, workspace: str | None, as_json: bool) -> None:
     """Label features of SAE_ID: explain -> simulate on held-out proteins -> score -> store.
 
     Each label is stored as soon as it is done; rerunning skips features already labeled, so an
@@ -168,9 +176,9 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
     through the provider's batch API: each run first collects ended batches, then submits new
     work, and returns (cron) or, with --wait, polls until all is collected.
     """
-    _check_flags(features=features, all_=all_, unlabeled=unlabeled, top=top, relabel=relabel, nightly=nightly,
-                 relabel_stale=relabel_stale, batch=batch, wait=wait, poll_interval=poll_interval,
-                 dry_run=dry_run)
+    _check_flags(features=features, all_=all_, unlabeled=unlabeled, top=top, select=select, limit=limit,
+                 relabel=relabel, nightly=nightly, relabel_stale=relabel_stale, batch=batch, wait=wait,
+                 poll_interval=poll_interval, dry_run=dry_run)
     ws = open_workspace(workspace)
     batch_settings = None
     if batch:
@@ -178,7 +186,7 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
         batch_settings = BatchSettings(wait=wait, **interval)
     selection = None if nightly else FeatureSelection(
         features=parse_feature_spec(features) if features is not None else None,
-        all=all_, unlabeled=unlabeled, top=top, relabel=relabel,
+        all=all_, unlabeled=unlabeled, top=top, select=select, limit=limit, relabel=relabel,
     )
     options = LabelOptions(sae_id=sae_id, selection=selection, nightly=nightly, relabel_stale=relabel_stale,
                            backend=backend, model=model, base_url=base_url, concurrency=concurrency,
@@ -219,16 +227,16 @@ def label_command(sae_id: str, features: str | None, all_: bool, unlabeled: bool
         raise SystemExit(code)
 
 
-def _check_flags(*, features: str | None, all_: bool, unlabeled: bool, top: int | None, relabel: bool,
-                 nightly: bool, relabel_stale: bool, batch: bool, wait: bool, poll_interval: float | None,
-                 dry_run: bool) -> None:
+def _check_flags(*, features: str | None, all_: bool, unlabeled: bool, top: int | None, select: str | None,
+                 limit: int | None, relabel: bool, nightly: bool, relabel_stale: bool, batch: bool,
+                 wait: bool, poll_interval: float | None, dry_run: bool) -> None:
     """Flag combinations that make no sense: one clear usage error (exit code 2)."""
     selectors = [name for name, given in (("--features", features is not None), ("--all", all_),
-                                          ("--unlabeled", unlabeled), ("--top", top is not None)) if given]
+                                          ("--unlabeled", unlabeled), ("--top", top is not None),
+                                          ("--select", select is not None)) if given]
     if len(selectors) > 1:
-        raise InputError(f"--features, --all, --unlabeled and --top are exclusive; {' and '.join(selectors)} "
-                         "were given: choose one.")
-    chosen = selectors + (["--relabel"] if relabel else [])
+        raise exclusive_error(selectors)
+    chosen = selectors + (["--limit"] if limit is not None else []) + (["--relabel"] if relabel else [])
     if nightly and chosen:
         raise InputError(f"--nightly chooses the features itself; drop {', '.join(chosen)}.")
     if nightly and dry_run:

@@ -28,7 +28,7 @@ from agent.labeling.batch import BatchSettings
 from agent.labeling.estimate import DryRun, dry_run
 from agent.labeling.examples import LoadExamples, index_examples
 from agent.labeling.runner import run_job
-from agent.labeling.selection import FeatureSelection, plan_features, select_nightly
+from agent.labeling.selection import FeatureSelection, Plan, plan_features, select_nightly
 from agent.labeling.summary import JobStart, JobSummary, NightlySection, ProgressEvent
 from agent.labeling.writer import JobSettings
 from agent.llm import RetryPolicy
@@ -205,6 +205,16 @@ def interrupted_note(run_ids: Sequence[str]) -> str:
     )
 
 
+def _plan(workspace: Workspace, db: Any, sae_id: str, selection: FeatureSelection) -> Plan:
+    """`plan_features`, told the index's size when the selection ranks by it (--select)."""
+    n_indexed = None
+    if selection.select is not None:
+        from sae.index import open_index
+
+        n_indexed = open_index(workspace, sae_id).n_proteins
+    return plan_features(db, sae_id, selection, n_indexed=n_indexed)
+
+
 def _check(options: LabelOptions) -> None:
     if options.dry_run and options.batch is not None:
         raise InputError("--dry-run and --batch cannot be combined; drop --batch to see the prompts.")
@@ -252,7 +262,7 @@ def label(
     if options.dry_run:
         with workspace.db() as db:
             assert options.selection is not None
-            plan = plan_features(db, options.sae_id, options.selection)
+            plan = _plan(workspace, db, options.sae_id, options.selection)
             loader = load_examples or index_examples(workspace, db, options.sae_id)
             if plan.features:
                 loader(plan.features[0])
@@ -327,8 +337,10 @@ def _run(
             )
         else:
             assert options.selection is not None
-            plan = plan_features(db, sae_id, options.selection)
+            plan = _plan(workspace, db, sae_id, options.selection)
             features, n_skipped = plan.features, len(plan.skipped)
+            if plan.note and on_event is not None:
+                on_event(plan.note)
             run_args = job.run_args(
                 labeler, features=options.selection.describe(), relabel=options.selection.relabel
             )
