@@ -4,10 +4,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-# Headless Chromium for the HTML viewer test (Debian's package); that test skips when it cannot be had.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1) \
-        || echo "chromium could not be installed; the viewer test will skip" >&2
+# Headless Chromium for the browser tests, node and npm for the viewer-format tests (InterProt's
+# TypeScript types, Neuronpedia's upload schema): Debian's packages. Those tests skip when they cannot
+# be had.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) \
+        || echo "${missing[*]} could not be installed; the tests needing them will skip" >&2
 fi
 
 .venv/bin/ruff check .
