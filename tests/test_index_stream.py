@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import warnings
 
 import numpy as np
@@ -115,12 +116,18 @@ ray = pytest.importorskip("ray", reason="the Ray test needs the plmlabel[ray] ex
 
 @pytest.fixture
 def local_ray():
-    """One local Ray of 2 CPUs for the whole test (RayPool uses a running session and leaves it)."""
+    """One local Ray of 2 CPUs for the whole test (RayPool uses a running session and leaves it).
+
+    ray.init installs its own SIGINT/SIGTERM handlers and shutdown leaves them: put the test process's
+    back, or later tests that send themselves SIGTERM meet Ray's handler."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         yield
     finally:
         ray.shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.slow
