@@ -170,6 +170,14 @@ def build_workspace(root: Path, n_features: int, seed: int = 0) -> int:
     return n
 
 
+def _hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM resets at exec; ru_maxrss keeps the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(root: Path, out: Path) -> None:
     """Run the export command in this fresh process and print its figures as JSON."""
     import agent.cli.export_cmd  # noqa: F401  (what the command imports belongs to the baseline)
@@ -178,7 +186,7 @@ def child(root: Path, out: Path) -> None:
     import storage.viewer_site  # noqa: F401
     from agent.cli import cli
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = _hwm_mb()
     import_cpu = time.process_time()
     started = time.perf_counter()
     cli.main(args=["export", SAE_ID, "--format", "html", "--out", str(out), "--workspace", str(root)],
@@ -187,7 +195,7 @@ def child(root: Path, out: Path) -> None:
     cpu = time.process_time() - import_cpu
     written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     index = (out / "index.html").stat().st_size
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _hwm_mb()
     print(json.dumps({"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "peak_rss_mb": round(peak),
                       "baseline_rss_mb": round(baseline),
                       "mb_written": round(written / 1e6, 1),
