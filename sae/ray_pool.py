@@ -161,7 +161,9 @@ def sae_files(directory: Path) -> dict[str, bytes]:
 
 
 def worker_plm(model: str, device: str, dtype: str) -> Any:
-    key = ("plm", model, device, dtype)
+    path = Path(model)
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None  # a rewritten file
+    key = ("plm", model, device, dtype, stamp)
     if key not in _CACHE:
         from sae.plm import load_esm
 

@@ -146,3 +146,8 @@ def test_bad_sample_sizes_are_one_line_errors(cli, ws, tmp_path, value):
     assert result.exit_code == 2 and "--sample-residues" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not ws.embeddings_dir.exists()
+
+
+def test_embed_workers_need_ray(cli, ws, tmp_path):
+    result = _embed(cli, ws, tmp_path / "none.pt", "--workers", "2")
+    assert result.exit_code == 2 and "--ray" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import warnings
@@ -166,6 +167,12 @@ def test_two_ray_workers_equal_one_process(setup, local_ray):
     assert ray_store.keys() == local_store.keys()
     for accession, rows in local_store.items():
         np.testing.assert_array_equal(rows, ray_store[accession], err_msg=accession)
+
+    # a checkpoint of another width is refused on the worker, in one line; the old index stays
+    shutil.copy(tiny_checkpoint(ws.root / "wide", embed_dim=64), checkpoint)
+    with pytest.raises(InputError, match="width 32.*width 64"):
+        build_index(ws, SAE_ID, chosen, device="cpu", stream=StreamOptions(ray=True, workers=2))
+    assert json.loads((ws.index_path(SAE_ID) / "manifest.json").read_text())["index_hash"] == local.index_hash
 
 
 def test_unreachable_ray_address_is_one_line(setup):
