@@ -38,6 +38,18 @@ def invoke(*args: str, env: dict[str, str] | None = None, input: str | None = No
         return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
 
 
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (exact-match tests of SAE math; steadier on shared cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def cli():
     return invoke

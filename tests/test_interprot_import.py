@@ -24,12 +24,7 @@ D_IN, D_SAE, K = 24, 64, 8
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(d_in: int = D_IN, seed: int = 5) -> torch.Tensor:

@@ -17,12 +17,7 @@ from storage.errors import InputError, NotFoundError
 D_IN, D_SAE = 24, 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(seed: int = 5) -> torch.Tensor:

@@ -26,13 +26,7 @@ from storage.saes import SaeRecord, get_sae, list_saes, record_sae, set_sae_metr
 ARCH_KWARGS = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "topk_rescaled": {"k": 4}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matmuls are slower with two threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _sae(arch: str, normalization: str = "none", d_in: int = 16, d_sae: int = 48):

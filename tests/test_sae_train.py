@@ -20,12 +20,7 @@ TRAIN_KWARGS = {"relu": {"l1_coefficient": 1.0}, "gated": {"l1_coefficient": 1.0
 MIN_COSINE = {"relu": 0.9, "topk": 0.9, "batchtopk": 0.9, "jumprelu": 0.9, "gated": 0.9}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted_dictionary(seed: int = 0) -> torch.Tensor:

@@ -49,12 +49,7 @@ EXPORTABLE = [key for key, (_, model_class) in REGISTRY.items()
               if not model_class.saelens_architecture.startswith("plmlabel_")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(seed: int = 0, n: int = 40) -> torch.Tensor:
