@@ -83,8 +83,12 @@ class OpenAIBackend(ProviderBackend):
                 },
             },
         }
+        return self._with_sampling(params, request.max_tokens)
+
+    def _with_sampling(self, params: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+        """The output cap (reasoning models get room to think) and temperature 0 where allowed."""
         reasoning = self.model.startswith(_REASONING_PREFIXES)
-        cap = request.max_tokens + (REASONING_ALLOWANCE if reasoning else 0)
+        cap = max_tokens + (REASONING_ALLOWANCE if reasoning else 0)
         # OpenAI itself wants max_completion_tokens; compatible servers widely know only max_tokens.
         params["max_tokens" if self.base_url else "max_completion_tokens"] = cap
         if not reasoning:
@@ -140,12 +144,7 @@ class OpenAIBackend(ProviderBackend):
             "tools": [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                         "parameters": t.schema}} for t in request.tools],
         }
-        reasoning = self.model.startswith(_REASONING_PREFIXES)
-        cap = request.max_tokens + (REASONING_ALLOWANCE if reasoning else 0)
-        params["max_tokens" if self.base_url else "max_completion_tokens"] = cap
-        if not reasoning:
-            params["temperature"] = 0.0
-        return params
+        return self._with_sampling(params, request.max_tokens)
 
     async def call_chat(self, params: dict[str, Any]) -> ChatReply:
         completion = await self._client.chat.completions.create(**params)
