@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -87,6 +87,36 @@ def histogram(maxima: np.ndarray, max_activation: float, n_proteins: int,
 
 
 _Cached = tuple[Protein, list[ExportAnnotation], list[Suggestion]]
+T = TypeVar("T")
+
+
+class IndexProteins(Generic[T]):
+    """What an export needs of the proteins of one SAE's index, kept between features (the most recent
+    `size`: proteins recur across features). `read(accessions)` gets those not kept; a protein the index
+    names but the database lacks means the index is stale (NotFoundError)."""
+
+    def __init__(self, sae_id: str, read: Callable[[list[str]], dict[str, T]],
+                 size: int = _PROTEIN_CACHE) -> None:
+        self.sae_id, self.read, self.size = sae_id, read, size
+        self._kept: OrderedDict[str, T] = OrderedDict()
+
+    def get(self, accessions: list[str]) -> dict[str, T]:
+        missing = [a for a in dict.fromkeys(accessions) if a not in self._kept]
+        if missing:
+            found = self.read(missing)
+            gone = [a for a in missing if a not in found]
+            if gone:
+                raise NotFoundError(f"{len(gone)} proteins of the index of {self.sae_id!r} are no longer in "
+                                    f"the database ({', '.join(gone[:3])}); rebuild with "
+                                    f"`plmlabel index {self.sae_id}`.")
+            self._kept.update((a, found[a]) for a in missing)
+        out = {}
+        for accession in accessions:
+            self._kept.move_to_end(accession)
+            out[accession] = self._kept[accession]
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+        return out
 
 
 class ExampleReader:
@@ -95,35 +125,19 @@ class ExampleReader:
     def __init__(self, ws: Workspace, db: Any, sae_id: str) -> None:
         self.db, self.sae_id = db, sae_id
         self.reader = open_index(ws, sae_id, record=get_sae(db, sae_id))
-        self._proteins: OrderedDict[str, _Cached] = OrderedDict()
+        self._proteins: IndexProteins[_Cached] = IndexProteins(sae_id, self._read)
 
-    def _load(self, accessions: list[str]) -> dict[str, _Cached]:
-        missing = [a for a in dict.fromkeys(accessions) if a not in self._proteins]
-        if missing:
-            found = get_proteins(self.db, missing)
-            gone = [a for a in missing if a not in found]
-            if gone:
-                raise NotFoundError(f"{len(gone)} proteins of the index of {self.sae_id!r} are no longer in "
-                                    f"the database ({', '.join(gone[:3])}); rebuild with "
-                                    f"`plmlabel index {self.sae_id}`.")
-            for accession in missing:
-                protein = found[accession]
-                self._proteins[accession] = (protein, _annotations(protein),
-                                             list_suggestions(self.db, self.sae_id, accession=accession))
-        out = {}
-        for accession in accessions:
-            self._proteins.move_to_end(accession)
-            out[accession] = self._proteins[accession]
-        while len(self._proteins) > _PROTEIN_CACHE:
-            self._proteins.popitem(last=False)
-        return out
+    def _read(self, accessions: list[str]) -> dict[str, _Cached]:
+        return {accession: (protein, _annotations(protein),
+                            list_suggestions(self.db, self.sae_id, accession=accession))
+                for accession, protein in get_proteins(self.db, accessions).items()}
 
     def fill(self, feature: ExportFeature) -> None:
         """Set the feature's examples, histogram and firing statistics from the index."""
         f = feature.record.feature
         stats = self.reader.feature_stats(f)
         slots = [s for s in self.reader.slots(f) if s.kind in _EXAMPLE_KINDS]
-        proteins = self._load([s.accession for s in slots])
+        proteins = self._proteins.get([s.accession for s in slots])
         scale = stats.max_activation if stats.max_activation > 0 else 1.0
         examples = []
         for slot in slots:

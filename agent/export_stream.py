@@ -14,20 +14,18 @@ features; proteins recur across features and are cached (bounded).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from agent.export_bundle import IndexProteins
 from sae.index import open_index
-from storage.errors import NotFoundError
 from storage.export import ExportExample, ExportFeature, iter_export_features
 from storage.export_interprot import pick_ranges
 from storage.saes import get_sae
 from storage.workspace import Workspace
 
-_CACHE = 4096  # proteins kept between features
 _SHOWN_KINDS = ("top", "quantile")
 
 
@@ -37,28 +35,14 @@ class IndexExamples:
     def __init__(self, ws: Workspace, db: Any, sae_id: str) -> None:
         self.db, self.sae_id = db, sae_id
         self.reader = open_index(ws, sae_id, record=get_sae(db, sae_id))
-        self._proteins: OrderedDict[str, tuple[str | None, str]] = OrderedDict()  # accession -> name, seq
+        # accession -> (name, sequence)
+        self._proteins: IndexProteins[tuple[str | None, str]] = IndexProteins(sae_id, self._read)
 
-    def _sequences(self, accessions: list[str]) -> dict[str, tuple[str | None, str]]:
-        missing = [a for a in dict.fromkeys(accessions) if a not in self._proteins]
-        if missing:
-            marks = ",".join("?" * len(missing))
-            rows = self.db.query(f"select accession, protein_name, entry_name, sequence from proteins "
-                                 f"where accession in ({marks})", tuple(missing))
-            for row in rows:
-                self._proteins[row["accession"]] = (row["protein_name"] or row["entry_name"], row["sequence"])
-            gone = [a for a in missing if a not in self._proteins]
-            if gone:
-                raise NotFoundError(f"{len(gone)} proteins of the index of {self.sae_id!r} are no longer "
-                                    f"in the database ({', '.join(gone[:3])}); rebuild with "
-                                    f"`plmlabel index {self.sae_id}`.")
-        found = {}
-        for accession in accessions:
-            self._proteins.move_to_end(accession)
-            found[accession] = self._proteins[accession]
-        while len(self._proteins) > _CACHE:
-            self._proteins.popitem(last=False)
-        return found
+    def _read(self, accessions: list[str]) -> dict[str, tuple[str | None, str]]:
+        marks = ",".join("?" * len(accessions))
+        rows = self.db.query(f"select accession, protein_name, entry_name, sequence from proteins "
+                             f"where accession in ({marks})", tuple(accessions))
+        return {row["accession"]: (row["protein_name"] or row["entry_name"], row["sequence"]) for row in rows}
 
     def _stats(self, feature: ExportFeature) -> tuple[int, float]:
         f = feature.record.feature
@@ -85,7 +69,7 @@ class IndexExamples:
         chosen = np.concatenate(pick_ranges(values, feature_max))
         slots = {slot.protein: slot for slot in self.reader.slots(f)}  # these keep every residue
         accessions = self.reader.accessions(protein_ids[chosen])
-        proteins = self._sequences(accessions)
+        proteins = self._proteins.get(accessions)
         scale = feature_max if feature_max > 0 else 1.0
         examples = []
         for position, accession in zip(chosen.tolist(), accessions, strict=True):
@@ -104,7 +88,7 @@ class IndexExamples:
         """Neuronpedia: the feature's example proteins with every residue."""
         f, feature_max = self._stats(feature)
         slots = [s for s in self.reader.slots(f) if s.kind in _SHOWN_KINDS]
-        proteins = self._sequences([s.accession for s in slots])
+        proteins = self._proteins.get([s.accession for s in slots])
         scale = feature_max if feature_max > 0 else 1.0
         feature.examples = [self._example(s.accession, s.kind, s.max_activation, scale,
                                           self.reader.residue_vector(f, s), True, proteins) for s in slots]
